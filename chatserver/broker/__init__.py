@@ -1,0 +1,1 @@
+"""Broker backends behind one interface (`chatserver.broker.base.Broker`)."""

@@ -1,0 +1,74 @@
+"""The Broker seam: how a room's events reach every instance that has members of the room.
+
+Delivery semantics every backend provides (tests/contract/test_broker.py holds each to them):
+
+- `publish` never waits for a subscriber and never blocks the caller on the network; it may
+  lose events (e.g. while Redis is down). The store is the source of truth: `message` events
+  carry their seq, and the hub re-reads the store when it sees a gap, so a lost message event
+  costs latency, never a gap a client can see.
+- Events of one room published from one instance reach every subscribed instance in publish
+  order.
+- The handler set with `set_handler` is called on the event loop, once per event, only for
+  rooms this instance subscribed to (or for presence events naming such a room).
+- `subscribe`/`unsubscribe` are interest declarations; the hub reference-counts local members
+  and calls them only for its first and last local subscriber of a room.
+- Presence: `connection_opened` returns True when it was the user's first connection anywhere;
+  `connection_closed` returns True when it was the last one.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+EventKind = Literal["message", "typing", "stream", "presence"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened in a room, with the frame every recipient gets, encoded once."""
+
+    kind: EventKind
+    room: str
+    frame: bytes
+    seq: int = 0  # message events: the stored seq
+    user: str = ""  # who caused it (typing is not echoed to that user's connections)
+    rooms: tuple[str, ...] = ()  # presence events: every room of the user
+
+
+EventHandler = Callable[[Event], None]
+
+
+class Broker(abc.ABC):
+    def __init__(self) -> None:
+        self._handler: EventHandler | None = None
+
+    def set_handler(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the broker is unreachable (for /readyz)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, room: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unsubscribe(self, room: str) -> None: ...
+
+    @abc.abstractmethod
+    def publish(self, event: Event) -> None:
+        """Hand the event to every subscribed instance (this one included); never waits."""
+
+    @abc.abstractmethod
+    async def connection_opened(self, user: str, conn_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def connection_closed(self, user: str, conn_id: str) -> bool: ...

@@ -1,0 +1,147 @@
+"""The WebSocket handler: authenticate before the upgrade, then read, dispatch, clean up.
+
+The handler task is the only reader of the socket; the outbox's writer task is its only writer
+(aiohttp itself also answers pings and sends the 1009 close for an oversized frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from chatserver import handlers, protocol
+from chatserver.app_keys import CONTEXT
+from chatserver.auth import authenticate
+from chatserver.broker.base import Event
+from chatserver.context import ChatContext
+from chatserver.errors import ChatError, CloseCode
+from chatserver.outbox import Outbox
+from chatserver.session import Session
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the socket is dropped
+WRITER_EXIT_TIMEOUT = 5.0
+
+
+class WebSocketSink:
+    """The outbox's view of an aiohttp WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._ws = ws
+        self._request = request
+
+    async def send(self, frame: bytes) -> None:
+        await self._ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(
+                self._ws.close(code=code, message=reason.encode("utf-8")), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            # A peer that stopped reading cannot take a close frame either: drop it.
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    if ctx.shutting_down:
+        raise web.HTTPServiceUnavailable(
+            text='{"error":"overloaded","message":"server is shutting down"}',
+            content_type="application/json", headers={"Retry-After": "1"})
+    info = await authenticate(ctx, request, websocket=True)
+    limits = ctx.config.limits
+    ws = web.WebSocketResponse(
+        heartbeat=ctx.config.server.heartbeat,
+        max_msg_size=limits.max_frame_bytes,
+        compress=False,  # one encoded frame serves every recipient; see docs/protocol.md
+    )
+    await ws.prepare(request)
+    outbox = Outbox(limits.send_queue_bytes)
+    session = Session(info.user, info.token_hash, outbox)
+    writer = asyncio.get_running_loop().create_task(outbox.run(WebSocketSink(ws, request)))
+    ctx.connections.add(session)
+    outbox.enqueue(_hello(ctx, session))
+    started = time.monotonic()
+    try:
+        await _announce(ctx, session, online=True)
+        await _read_loop(ctx, session, ws)
+    finally:
+        await _cleanup(ctx, session, writer)
+        log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
+                 "bytes_out=%d code=%s", session.user.name, session.conn_id,
+                 time.monotonic() - started, session.frames_in, outbox.frames_out,
+                 outbox.bytes_out, outbox.close_code or ws.close_code)
+    return ws
+
+
+def _hello(ctx: ChatContext, session: Session) -> bytes:
+    limits = ctx.config.limits
+    return protocol.encode({
+        "op": "hello", "user": session.user.name, "conn": session.conn_id,
+        "instance": ctx.instance_id, "heartbeat": _number(ctx.config.server.heartbeat),
+        "limits": {
+            "max_message_bytes": limits.max_message_bytes,
+            "max_frame_bytes": limits.max_frame_bytes,
+            "rate": {"per_second": _number(limits.rate.per_second), "burst": limits.rate.burst},
+        },
+    })
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+async def _read_loop(ctx: ChatContext, session: Session, ws: web.WebSocketResponse) -> None:
+    outbox = session.outbox
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await handlers.handle_frame(ctx, session, msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            outbox.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported; "
+                         "send JSON text frames")
+            return
+        elif msg.type is WSMsgType.ERROR:
+            log.info("conn %s: %s", session.conn_id, ws.exception())
+            return
+        if outbox.closing:
+            return
+
+
+async def _announce(ctx: ChatContext, session: Session, *, online: bool) -> None:
+    """Presence: tell the user's rooms when their first connection opens or last one closes."""
+    user = session.user
+    try:
+        if online:
+            changed = await ctx.broker.connection_opened(user.name, session.conn_id)
+        else:
+            changed = await ctx.broker.connection_closed(user.name, session.conn_id)
+        if not changed:
+            return
+        rooms = tuple(await ctx.store.rooms_of_user(user.id))
+    except ChatError as error:
+        log.warning("presence for %s not announced: %s", user.name, error.message)
+        return
+    status = "online" if online else "offline"
+    frame = protocol.encode({"op": "presence", "user": user.name, "status": status})
+    ctx.broker.publish(Event("presence", "", frame, user=user.name, rooms=rooms))
+
+
+async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None]) -> None:
+    ctx.connections.remove(session)
+    ctx.hub.leave_all(session.conn_id, list(session.rooms))
+    session.rooms.clear()
+    session.outbox.close(CloseCode.NORMAL)
+    try:
+        await asyncio.wait_for(asyncio.shield(writer), WRITER_EXIT_TIMEOUT)
+    except asyncio.TimeoutError:
+        writer.cancel()
+    except Exception as exc:
+        log.debug("writer ended with %r", exc)
+    await ctx.streams.abort_connection(session.conn_id)
+    await _announce(ctx, session, online=False)

@@ -1,0 +1,38 @@
+"""The one object that holds a running instance's parts, created and closed in app.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatserver.broker.base import Broker
+from chatserver.config import Config
+from chatserver.executors import Executors
+from chatserver.hub import Hub
+from chatserver.looplag import LoopLagMonitor
+from chatserver.messages import MessageService
+from chatserver.metrics import Metrics
+from chatserver.ratelimit import KeyedLimiter
+from chatserver.rooms import Rooms
+from chatserver.session import Connections
+from chatserver.store.base import Store
+from chatserver.streams import Streams
+
+
+@dataclass(eq=False)
+class ChatContext:
+    config: Config
+    instance_id: str
+    store: Store
+    broker: Broker
+    executors: Executors
+    hub: Hub
+    rooms: Rooms
+    messages: MessageService
+    streams: Streams
+    metrics: Metrics
+    lag: LoopLagMonitor
+    connections: Connections = field(default_factory=Connections)
+    send_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(10, 30))
+    login_user_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(1 / 6, 10))
+    login_address_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(2, 60))
+    shutting_down: bool = False

@@ -1,0 +1,194 @@
+"""What each client op does. Handlers never touch a socket: they enqueue frames on the
+session's outbox and raise `ChatError` for the caller to turn into an `error` frame.
+
+Sends are ordered per connection: the read loop awaits the Markdown render (off the loop, in
+the pool) and then starts the store append as a task, in frame order; the append's completion
+enqueues the ack and publishes the message. The read loop thus keeps reading while earlier
+messages commit, and a connection's messages get seqs in the order it sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from chatserver import protocol
+from chatserver.broker.base import Event
+from chatserver.context import ChatContext
+from chatserver.errors import ChatError, Internal, Overloaded, RateLimited
+from chatserver.protocol import (
+    Command,
+    FrameError,
+    History,
+    Join,
+    Leave,
+    Ping,
+    Send,
+    StreamDelta,
+    StreamEnd,
+    StreamStart,
+    Typing,
+)
+from chatserver.session import Session
+from chatserver.store.base import NewMessage, Room, StoredMessage
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_SENDS = 32  # per connection; past it the read loop waits for a commit
+
+
+async def handle_frame(ctx: ChatContext, session: Session, data: str) -> None:
+    """Parse and run one client text frame; every failure becomes one `error` frame."""
+    session.frames_in += 1
+    try:
+        command = protocol.parse_command(data, ctx.config.limits.max_message_bytes)
+    except FrameError as bad:
+        session.bad_frames += 1
+        session.outbox.enqueue(protocol.error_frame_for(bad.error, bad.ref))
+        return
+    try:
+        await _HANDLERS[type(command)](ctx, session, command)
+    except ChatError as error:
+        session.outbox.enqueue(protocol.error_frame_for(error, command.ref))
+    except Exception:
+        log.exception("op %s failed", type(command).__name__)
+        session.outbox.enqueue(
+            protocol.error_frame_for(Internal("internal error; it has been logged"), command.ref)
+        )
+
+
+def check_send_rate(ctx: ChatContext, user_name: str) -> None:
+    """Admission for anything that will store a message: shutdown first, then the user's rate."""
+    if ctx.shutting_down:
+        raise Overloaded("the server is shutting down; reconnect and send again")
+    wait = ctx.send_limiter.take(user_name, asyncio.get_running_loop().time())
+    if wait > 0:
+        raise RateLimited(f"sending too fast; retry in {wait:.2f} s", wait)
+
+
+async def _room_for(ctx: ChatContext, session: Session, name: str) -> Room:
+    """The joined room from the session, else a permission check against the store."""
+    room = session.rooms.get(name)
+    if room is not None:
+        return room
+    return await ctx.rooms.readable(name, session.user)
+
+
+async def on_join(ctx: ChatContext, session: Session, cmd: Join) -> None:
+    room = await ctx.rooms.join(cmd.room, session.user)
+    session.rooms[room.name] = room
+    try:
+        await ctx.hub.join(room, session.conn_id, session.user.name, session.outbox, cmd.after,
+                           ref=cmd.ref)
+    except BaseException:
+        session.rooms.pop(room.name, None)
+        raise
+
+
+async def on_leave(ctx: ChatContext, session: Session, cmd: Leave) -> None:
+    session.rooms.pop(cmd.room, None)
+    ctx.hub.leave(cmd.room, session.conn_id)
+    session.outbox.enqueue(protocol.encode({"op": "left", "ref": cmd.ref, "room": cmd.room}))
+
+
+async def on_send(ctx: ChatContext, session: Session, cmd: Send) -> None:
+    check_send_rate(ctx, session.user.name)
+    room = await _room_for(ctx, session, cmd.room)
+    html = await ctx.messages.render(cmd.text)
+    user = session.user
+    message = NewMessage(room.id, room.name, user.id, user.name, cmd.text, html)
+    await _start_append(ctx, session, cmd.ref, ctx.messages.store_and_publish(
+        message, _ack_to(session, cmd.ref)))
+
+
+def _ack_to(session: Session, ref: str | None) -> Callable[[StoredMessage], None]:
+    def enqueue_ack(stored: StoredMessage) -> None:
+        session.outbox.enqueue(protocol.ack_frame(ref, stored))
+    return enqueue_ack
+
+
+async def _start_append(ctx: ChatContext, session: Session, ref: str | None,
+                        append: Awaitable[Any]) -> None:
+    pending = session.pending_sends
+    while len(pending) >= MAX_PENDING_SENDS:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    task = asyncio.get_running_loop().create_task(_append(session, ref, append))
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def _append(session: Session, ref: str | None, append: Awaitable[Any]) -> None:
+    try:
+        await append
+    except ChatError as error:
+        session.outbox.enqueue(protocol.error_frame_for(error, ref))
+    except Exception:
+        log.exception("storing a message failed")
+        session.outbox.enqueue(
+            protocol.error_frame_for(Internal("the message was not stored; retry"), ref))
+
+
+async def on_history(ctx: ChatContext, session: Session, cmd: History) -> None:
+    room = await _room_for(ctx, session, cmd.room)
+    messages, more = await read_history(ctx, room, cmd.before, cmd.after, cmd.limit)
+    session.outbox.enqueue(protocol.encode({
+        "op": "history", "ref": cmd.ref, "room": room.name,
+        "messages": [protocol.message_body(m) for m in messages], "more": more,
+    }))
+
+
+async def read_history(ctx: ChatContext, room: Room, before: int | None, after: int | None,
+                       limit: int) -> tuple[list[StoredMessage], bool]:
+    """One page ascending by seq, and whether more lie beyond it in the paging direction."""
+    if after is not None:
+        page = await ctx.store.messages_after(room.id, after, limit + 1)
+        return page[:limit], len(page) > limit
+    page = await ctx.store.messages_before(room.id, before, limit + 1)
+    return page[-limit:] if len(page) > limit else page, len(page) > limit
+
+
+async def on_typing(ctx: ChatContext, session: Session, cmd: Typing) -> None:
+    room = await _room_for(ctx, session, cmd.room)
+    if not session.typing_allowed(room.name, asyncio.get_running_loop().time()):
+        return
+    frame = protocol.encode({"op": "typing", "room": room.name, "user": session.user.name})
+    ctx.broker.publish(Event("typing", room.name, frame, user=session.user.name))
+
+
+async def on_stream_start(ctx: ChatContext, session: Session, cmd: StreamStart) -> None:
+    check_send_rate(ctx, session.user.name)
+    room = await _room_for(ctx, session, cmd.room)
+    stream = ctx.streams.start(room, session.user, session.conn_id,
+                               asyncio.get_running_loop().time())
+    session.outbox.enqueue(protocol.encode({"op": "ack", "ref": cmd.ref, "stream": stream.id}))
+
+
+async def on_stream_delta(ctx: ChatContext, session: Session, cmd: StreamDelta) -> None:
+    ctx.streams.delta(cmd.stream, session.user, cmd.text, asyncio.get_running_loop().time())
+
+
+async def on_stream_end(ctx: ChatContext, session: Session, cmd: StreamEnd) -> None:
+    stored = await ctx.streams.end(cmd.stream, session.user, on_durable=_ack_to(session, cmd.ref))
+    if stored is None:
+        session.outbox.enqueue(protocol.encode(
+            {"op": "ack", "ref": cmd.ref, "stream": cmd.stream, "discarded": True}))
+
+
+async def on_ping(ctx: ChatContext, session: Session, cmd: Ping) -> None:
+    session.outbox.enqueue(protocol.pong_frame(cmd.ref))
+
+
+_HANDLERS: dict[type[Any], Callable[[ChatContext, Session, Any], Awaitable[None]]] = {
+    Join: on_join,
+    Leave: on_leave,
+    Send: on_send,
+    History: on_history,
+    Typing: on_typing,
+    StreamStart: on_stream_start,
+    StreamDelta: on_stream_delta,
+    StreamEnd: on_stream_end,
+    Ping: on_ping,
+}
+
+__all__ = ["Command", "handle_frame", "read_history", "check_send_rate"]

@@ -1,0 +1,233 @@
+"""HTTP routes (PROTOCOL section 7): login, rooms, history, posting, health and readiness.
+
+Errors are JSON `{"error": "<code>", "message": "..."}` with the matching status, produced by
+one middleware from the same `ChatError` classes the WebSocket path uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from chatserver import auth, protocol
+from chatserver.app_keys import CONTEXT
+from chatserver.context import ChatContext
+from chatserver.errors import BadRequest, ChatError, RateLimited
+from chatserver.handlers import check_send_rate, read_history
+from chatserver.store.base import RoomListing, TokenInfo, User
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_response(error: ChatError) -> web.Response:
+    headers = None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(max(1, round(error.retry_after + 0.5)))}
+    body = {"error": error.code, "message": error.message, **error.extra}
+    return json_response(body, error.http_status, headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ChatError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "bad_request", 413: "too_large"}.get(exc.status,
+                                                                          "bad_request")
+        return json_response({"error": code, "message": exc.reason}, exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"error": "internal", "message": "internal error; logged"}, 500)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"body needs a non-empty string field {key!r}")
+    return value
+
+
+def _ctx(request: web.Request) -> ChatContext:
+    return request.app[CONTEXT]
+
+
+async def _who(request: web.Request) -> TokenInfo:
+    return await auth.authenticate(_ctx(request), request)
+
+
+def user_body(user: User) -> dict[str, Any]:
+    return {"name": user.name, "admin": user.is_admin, "bot": user.is_bot}
+
+
+def room_body(listing: RoomListing) -> dict[str, Any]:
+    room = listing.room
+    body: dict[str, Any] = {"name": room.name, "kind": room.kind, "private": room.private,
+                            "member": listing.member, "seq": listing.last_seq}
+    if room.kind == "direct":
+        body["members"] = list(listing.members)
+    return body
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    body = await _body(request)
+    username, password = _string(body, "username"), _string(body, "password")
+    address = request.remote or "unknown"
+    token, user = await auth.login(ctx, username, password, address,
+                                   asyncio.get_running_loop().time())
+    response = json_response({"token": token, "user": user_body(user)})
+    response.set_cookie(auth.COOKIE_NAME, token, httponly=True, samesite="Strict",
+                        secure=request.secure, path="/")
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    closed = await auth.logout(_ctx(request), info)
+    response = json_response({"ok": True, "closed_connections": closed})
+    response.del_cookie(auth.COOKIE_NAME, path="/")
+    return response
+
+
+async def me(request: web.Request) -> web.StreamResponse:
+    return json_response(user_body((await _who(request)).user))
+
+
+async def list_rooms(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    listings = await _ctx(request).rooms.visible(info.user)
+    return json_response({"rooms": [room_body(r) for r in listings]})
+
+
+async def create_room(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    body = await _body(request)
+    private = body.get("private", False)
+    if not isinstance(private, bool):
+        raise BadRequest("'private' must be true or false")
+    room = await _ctx(request).rooms.create(_string(body, "name"), private, info.user)
+    return json_response(room_body(RoomListing(room, True, 0)), 201)
+
+
+async def add_member(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    body = await _body(request)
+    room, user = await _ctx(request).rooms.add_member(
+        request.match_info["room"], info.user, _string(body, "user"))
+    return json_response({"room": room.name, "user": user.name}, 201)
+
+
+async def direct(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    body = await _body(request)
+    ctx = _ctx(request)
+    room = await ctx.rooms.direct(info.user, _string(body, "user"))
+    members = tuple(await ctx.store.member_names(room.id))
+    return json_response(room_body(RoomListing(room, True, 0, members)))
+
+
+def _query_int(request: web.Request, key: str, default: int | None, low: int, high: int
+               ) -> int | None:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {key!r} must be an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {key!r} must be from {low} to {high}")
+    return value
+
+
+async def get_messages(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    ctx = _ctx(request)
+    room = await ctx.rooms.readable(request.match_info["room"], info.user)
+    before = _query_int(request, "before", None, 0, 2**62)
+    after = _query_int(request, "after", None, 0, 2**62)
+    if before is not None and after is not None:
+        raise BadRequest("give 'before' or 'after', not both")
+    limit = _query_int(request, "limit", protocol.HISTORY_DEFAULT_LIMIT, 1,
+                       protocol.HISTORY_MAX_LIMIT)
+    assert limit is not None
+    messages, more = await read_history(ctx, room, before, after, limit)
+    return json_response({"room": room.name, "more": more,
+                          "messages": [protocol.message_body(m) for m in messages]})
+
+
+async def post_message(request: web.Request) -> web.StreamResponse:
+    info = await _who(request)
+    ctx = _ctx(request)
+    body = await _body(request)
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise BadRequest("body needs a string field 'text'")
+    protocol.check_text(text, ctx.config.limits.max_message_bytes)
+    check_send_rate(ctx, info.user.name)
+    room = await ctx.rooms.readable(request.match_info["room"], info.user)
+    stored = await ctx.messages.post(room, info.user, text)
+    return json_response({"room": stored.room, "seq": stored.seq, "id": stored.id,
+                          "ts": stored.ts}, 201)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    # Answered by the event loop itself: a blocked loop fails this check by timing out.
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    if ctx.shutting_down:
+        return json_response({"status": "shutting down"}, 503)
+    problems: dict[str, str] = {}
+    for name, check in (("store", ctx.store.ping), ("broker", ctx.broker.ping)):
+        try:
+            await asyncio.wait_for(check(), 2.0)
+        except Exception as exc:
+            problems[name] = getattr(exc, "message", None) or type(exc).__name__
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, 503)
+    return json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_post("/api/rooms", create_room)
+    app.router.add_post("/api/rooms/{room}/members", add_member)
+    app.router.add_get("/api/rooms/{room}/messages", get_messages)
+    app.router.add_post("/api/rooms/{room}/messages", post_message)
+    app.router.add_post("/api/direct", direct)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,240 @@
+"""Room -> local subscriptions: encode once, enqueue everywhere, never wait on a recipient.
+
+The hub is the broker's handler. A `message` event's frame was encoded once by whoever
+published it; delivering it is one `Outbox.enqueue` per subscribed connection. Each
+subscription remembers the last seq it delivered, so a connection's frames for a room are the
+stored history, in order, with nothing missing, extra or doubled:
+
+- while a join replays from the store, live events only raise `max_seen`; the join catches up
+  from the store until it has reached everything seen, then goes live in one synchronous step
+  (enqueue `joined`, mark live), so no live frame can slip in between;
+- a live event whose seq skips ahead (the broker lost one) suspends the subscription and
+  re-reads the gap from the store before going live again;
+- an event at or below the last delivered seq is a duplicate and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from chatserver import protocol
+from chatserver.broker.base import Broker, Event
+from chatserver.outbox import Outbox
+from chatserver.store.base import Room, Store, StoredMessage
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_PAGE = 500
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One connection's membership in one room's live feed."""
+
+    room: Room
+    conn_id: str
+    user: str
+    outbox: Outbox
+    live: bool = False
+    last_seq: int = 0
+    max_seen: int = 0
+    resync: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    seq: int
+    truncated: bool
+    replayed: int
+
+
+ActiveStreams = Callable[[str], list[bytes]]
+
+
+class Hub:
+    def __init__(self, store: Store, broker: Broker, *, replay_max: int) -> None:
+        self.store = store
+        self.broker = broker
+        self.replay_max = replay_max
+        self._rooms: dict[str, dict[str, Subscription]] = {}
+        self._active_streams: ActiveStreams = lambda room: []
+        self.deliveries = 0
+        self.resyncs = 0
+        broker.set_handler(self.deliver)
+
+    def set_active_streams(self, provider: ActiveStreams) -> None:
+        """Where a joiner going live gets the streams in progress (text so far)."""
+        self._active_streams = provider
+
+    def subscribers(self, room: str) -> int:
+        return len(self._rooms.get(room, ()))
+
+    def is_joined(self, room: str, conn_id: str) -> bool:
+        return conn_id in self._rooms.get(room, ())
+
+    # -- delivery (the broker's handler; synchronous, never awaits) ------------------------
+
+    def deliver(self, event: Event) -> None:
+        if event.kind == "presence":
+            self._deliver_presence(event)
+            return
+        subs = self._rooms.get(event.room)
+        if not subs:
+            return
+        if event.kind == "message":
+            for sub in subs.values():
+                self._offer(sub, event)
+            return
+        frame = event.frame
+        skip_user = event.user if event.kind == "typing" else None
+        count = 0
+        for sub in subs.values():
+            if sub.live and sub.user != skip_user:
+                sub.outbox.enqueue(frame)
+                count += 1
+        self.deliveries += count
+
+    def _offer(self, sub: Subscription, event: Event) -> None:
+        seq = event.seq
+        if not sub.live:
+            if seq > sub.max_seen:
+                sub.max_seen = seq
+            return
+        if seq <= sub.last_seq:
+            return  # already delivered (duplicate or replayed)
+        if seq == sub.last_seq + 1:
+            sub.outbox.enqueue(event.frame)
+            sub.last_seq = seq
+            self.deliveries += 1
+            return
+        log.warning("room %s: seq %d after %d; re-reading the gap from the store",
+                    sub.room.name, seq, sub.last_seq)
+        sub.live = False
+        sub.max_seen = seq
+        self.resyncs += 1
+        sub.resync = asyncio.get_running_loop().create_task(self._resync(sub))
+
+    def _deliver_presence(self, event: Event) -> None:
+        seen: set[str] = set()
+        for room in event.rooms:
+            for conn_id, sub in self._rooms.get(room, {}).items():
+                if conn_id in seen or not sub.live or sub.user == event.user:
+                    continue
+                seen.add(conn_id)
+                sub.outbox.enqueue(event.frame)
+
+    # -- joining and leaving -----------------------------------------------------------------
+
+    async def join(self, room: Room, conn_id: str, user: str, outbox: Outbox,
+                   after: int | None, *, ref: str | None = None) -> JoinResult:
+        """Subscribe, replay what was missed after `after`, enqueue `joined`, then go live."""
+        self.leave(room.name, conn_id)
+        subs = self._rooms.setdefault(room.name, {})
+        sub = Subscription(room, conn_id, user, outbox)
+        subs[conn_id] = sub
+        try:
+            if len(subs) == 1:
+                await self.broker.subscribe(room.name)
+            result = await self._replay(sub, after)
+        except BaseException:
+            self.leave(room.name, conn_id)
+            raise
+        if self._rooms.get(room.name, {}).get(conn_id) is not sub or outbox.closing:
+            return result  # left (or disconnected) while replaying
+        self._go_live(sub, result, ref)
+        return result
+
+    async def _replay(self, sub: Subscription, after: int | None) -> JoinResult:
+        room_id = sub.room.id
+        if after is None:
+            latest = await self.store.latest_seq(room_id)
+            return JoinResult(max(latest, sub.max_seen), False, 0)
+        missed = await self.store.messages_after(room_id, after, self.replay_max + 1)
+        if len(missed) > self.replay_max:
+            await self._enqueue_history(sub, missed[: self.replay_max])
+            latest = await self.store.latest_seq(room_id)
+            return JoinResult(max(latest, sub.max_seen), True, self.replay_max)
+        await self._enqueue_history(sub, missed)
+        if missed:
+            cursor = missed[-1].seq
+        else:
+            # A client may claim more than exists (e.g. a restored database): clamp so that
+            # live messages above the real latest seq are not mistaken for duplicates.
+            cursor = min(after, await self.store.latest_seq(room_id))
+        cursor = await self._catch_up(sub, cursor)
+        return JoinResult(cursor, False, len(missed))
+
+    async def _catch_up(self, sub: Subscription, cursor: int) -> int:
+        """Read from the store until every live seq seen meanwhile has been enqueued."""
+        while sub.max_seen > cursor:
+            page = await self.store.messages_after(sub.room.id, cursor, CATCH_UP_PAGE)
+            if not page:
+                break
+            await self._enqueue_history(sub, page)
+            cursor = page[-1].seq
+        return cursor
+
+    async def _enqueue_history(self, sub: Subscription, messages: list[StoredMessage]) -> None:
+        outbox = sub.outbox
+        for message in messages:
+            # Replay is this connection's own backlog: pace it to the socket instead of
+            # overflowing the bound and evicting a client for resuming.
+            if outbox.queued_bytes > outbox.limit_bytes // 2:
+                await outbox.wait_below(outbox.limit_bytes // 4)
+            if not outbox.enqueue(protocol.message_frame(message)):
+                return
+
+    def _go_live(self, sub: Subscription, result: JoinResult, ref: str | None) -> None:
+        sub.last_seq = result.seq
+        sub.live = True
+        joined: dict[str, object] = {"op": "joined", "ref": ref, "room": sub.room.name,
+                                     "seq": result.seq}
+        if result.truncated:
+            joined["truncated"] = True
+        sub.outbox.enqueue(protocol.encode(joined))
+        for frame in self._active_streams(sub.room.name):
+            sub.outbox.enqueue(frame)
+
+    async def _resync(self, sub: Subscription) -> None:
+        try:
+            cursor = await self._catch_up(sub, sub.last_seq)
+        except Exception:
+            log.exception("room %s: re-reading a gap failed; closing the connection",
+                          sub.room.name)
+            sub.outbox.close(1011, "could not recover missed messages")
+            return
+        if self._rooms.get(sub.room.name, {}).get(sub.conn_id) is sub:
+            sub.last_seq = cursor
+            sub.live = True
+            sub.resync = None
+
+    def leave(self, room: str, conn_id: str) -> bool:
+        subs = self._rooms.get(room)
+        if subs is None:
+            return False
+        sub = subs.pop(conn_id, None)
+        if sub is None:
+            return False
+        if sub.resync is not None:
+            sub.resync.cancel()
+        if not subs:
+            del self._rooms[room]
+            task = asyncio.get_running_loop().create_task(self._unsubscribe_if_empty(room))
+            task.add_done_callback(_log_failure)
+        return True
+
+    async def _unsubscribe_if_empty(self, room: str) -> None:
+        if room not in self._rooms:
+            await self.broker.unsubscribe(room)
+
+    def leave_all(self, conn_id: str, rooms: list[str]) -> None:
+        for room in rooms:
+            self.leave(room, conn_id)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("broker unsubscribe failed: %r", task.exception())

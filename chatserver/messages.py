@@ -1,0 +1,57 @@
+"""The message path: render off the loop, store with group commit, then publish once.
+
+`publish` runs only after the store reports the message durable, so live frames always equal
+history, and it runs in the same loop step that resumes the append, which preserves seq order
+across concurrent appends (the store resolves a batch's futures in seq order).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from chatserver import protocol
+from chatserver.broker.base import Broker, Event
+from chatserver.executors import Executors
+from chatserver.store.base import NewMessage, Room, Store, StoredMessage, User
+
+OnDurable = Callable[[StoredMessage], None]
+
+
+class MessageService:
+    def __init__(self, store: Store, broker: Broker, executors: Executors) -> None:
+        self.store = store
+        self.broker = broker
+        self.executors = executors
+        self.stored = 0
+
+    async def render(self, text: str) -> str:
+        return await self.executors.render_markdown(text)
+
+    async def store_and_publish(
+        self, message: NewMessage, on_durable: OnDurable | None = None
+    ) -> StoredMessage:
+        """Append; once durable, call `on_durable` (e.g. enqueue the sender's ack), publish."""
+        stored = await self.store.append_message(message)
+        self.stored += 1
+        if on_durable is not None:
+            on_durable(stored)
+        self.broker.publish(
+            Event("message", stored.room, protocol.message_frame(stored), seq=stored.seq)
+        )
+        return stored
+
+    async def post(
+        self,
+        room: Room,
+        user: User,
+        text: str,
+        *,
+        stream: str | None = None,
+        aborted: bool = False,
+        on_durable: OnDurable | None = None,
+    ) -> StoredMessage:
+        html = await self.render(text)
+        return await self.store_and_publish(
+            NewMessage(room.id, room.name, user.id, user.name, text, html, stream, aborted),
+            on_durable,
+        )

@@ -1,0 +1,225 @@
+"""The Store seam: everything chatserver keeps, behind one interface.
+
+Guarantees every backend gives (the contract suite in tests/contract/test_store.py holds each
+backend to them):
+
+- `append_message` returns only once the message is durable (committed and synced as the
+  backend's durability setting promises). Its `seq` is the room's previous seq + 1: strictly
+  increasing and gap-free per room, assigned at commit time.
+- Appends are group-committed: many concurrent `append_message` calls become few transactions.
+  The event loop never blocks on a write; callers await a future.
+- For appends whose futures complete in the same batch, futures are resolved in seq order, in one
+  loop callback, so callers resumed in that order publish in seq order.
+- Reads never see a message before its append's transaction committed.
+- Tokens are stored only as hashes; the store never sees a clear-text token or password.
+- Writes that would exceed the store's bounded write queue raise `StoreUnavailable` at once
+  rather than queueing without bound; an unreachable backend raises `StoreUnavailable` too.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Literal
+
+from chatserver.errors import StoreUnavailable
+
+RoomKind = Literal["public", "private", "direct"]
+TokenKind = Literal["api", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    name: str
+    is_admin: bool = False
+    disabled: bool = False
+    is_bot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """Who a token authenticates, and which token (by hash) it was."""
+
+    user: User
+    token_hash: str
+    kind: TokenKind
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    id: int
+    name: str
+    kind: RoomKind
+    created_by: int | None = None
+
+    @property
+    def private(self) -> bool:
+        return self.kind != "public"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomListing:
+    """A room as `/api/rooms` shows it to one user."""
+
+    room: Room
+    member: bool
+    last_seq: int
+    members: tuple[str, ...] = ()  # filled only for direct rooms
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message ready to store: text already validated, html already rendered off the loop."""
+
+    room_id: int
+    room: str
+    user_id: int
+    user: str
+    text: str
+    html: str
+    stream: str | None = None
+    aborted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    room: str
+    seq: int
+    id: str
+    user: str
+    text: str
+    html: str
+    ts: str  # ISO 8601 UTC with milliseconds and a Z, e.g. 2026-11-22T10:00:00.123Z
+    stream: str | None = None
+    aborted: bool = False
+
+
+class Store(abc.ABC):
+    """Persistent state. Open with `await open()`, close with `await close()`.
+
+    `close()` first flushes every write already submitted (SIGTERM must lose nothing acked).
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, apply pending migrations, start the writer."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes, then release every connection and thread."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; return the versions applied (may be empty)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the backend answers a trivial query."""
+
+    # -- users and tokens -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_user(
+        self, name: str, password_hash: str, *, is_admin: bool = False, is_bot: bool = False
+    ) -> User:
+        """Create a user; raise `Conflict` if the name is taken."""
+
+    @abc.abstractmethod
+    async def get_user(self, name: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_password_hash(self, name: str) -> tuple[User, str] | None: ...
+
+    @abc.abstractmethod
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_disabled(self, name: str, disabled: bool) -> User:
+        """Raise `NotFound` for an unknown user."""
+
+    @abc.abstractmethod
+    async def count_users(self) -> int: ...
+
+    @abc.abstractmethod
+    async def add_token(self, user_id: int, token_hash: str, kind: TokenKind) -> None: ...
+
+    @abc.abstractmethod
+    async def token_info(self, token_hash: str) -> TokenInfo | None:
+        """The token's user, or None when the token is unknown or revoked."""
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_hash: str) -> None: ...
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_room(self, name: str, kind: RoomKind, created_by: int | None) -> Room:
+        """Create a room, its creator (when given) its first member; `Conflict` if taken."""
+
+    @abc.abstractmethod
+    async def get_room(self, name: str) -> Room | None: ...
+
+    @abc.abstractmethod
+    async def direct_room(self, a: User, b: User) -> Room:
+        """The one direct room of these two users, created on first use (idempotent)."""
+
+    @abc.abstractmethod
+    async def add_member(self, room_id: int, user_id: int) -> None:
+        """Idempotent."""
+
+    @abc.abstractmethod
+    async def is_member(self, room_id: int, user_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def member_names(self, room_id: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def rooms_of_user(self, user_id: int) -> list[str]:
+        """Names of the rooms the user is a member of (any kind)."""
+
+    @abc.abstractmethod
+    async def rooms_visible_to(self, user_id: int) -> list[RoomListing]:
+        """Every public room and every room the user is a member of, by name."""
+
+    # -- messages ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append_message(self, message: NewMessage) -> StoredMessage:
+        """Store durably, group-committed with concurrent appends; see the module docstring."""
+
+    @abc.abstractmethod
+    async def messages_after(self, room_id: int, after: int, limit: int) -> list[StoredMessage]:
+        """Messages with seq > after, ascending, at most `limit`."""
+
+    @abc.abstractmethod
+    async def messages_before(
+        self, room_id: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        """The `limit` messages just below `before` (None: the latest), returned ascending."""
+
+    @abc.abstractmethod
+    async def latest_seq(self, room_id: int) -> int:
+        """The room's highest stored seq; 0 for an empty room."""
+
+
+def format_ts(epoch_ms: int) -> str:
+    """Milliseconds since the epoch as `2026-11-22T10:00:00.123Z`."""
+    moment = _dt.datetime.fromtimestamp(epoch_ms / 1000, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+__all__ = [
+    "NewMessage",
+    "Room",
+    "RoomKind",
+    "RoomListing",
+    "Store",
+    "StoreUnavailable",
+    "StoredMessage",
+    "TokenInfo",
+    "TokenKind",
+    "User",
+    "format_ts",
+]

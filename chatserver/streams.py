@@ -1,0 +1,134 @@
+"""Streaming messages: token-by-token text that fans out live and is stored once, at the end.
+
+Deltas never touch the store. A stream belongs to the connection that started it; when that
+connection goes away, or the stream is idle past `limits.stream_idle`, it is ended with
+`aborted: true` and its text so far is kept. A stream that ends with no text at all stores
+nothing: the room gets `stream_end {room, stream, discarded: true}` so readers can drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from chatserver import protocol
+from chatserver.broker.base import Broker, Event
+from chatserver.errors import Forbidden, NotFound, TooLarge
+from chatserver.messages import MessageService, OnDurable
+from chatserver.store.base import Room, StoredMessage, User
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0
+
+
+@dataclass(eq=False, slots=True)
+class ActiveStream:
+    id: str
+    room: Room
+    user: User
+    conn_id: str
+    last_activity: float
+    parts: list[str] = field(default_factory=list)
+    size: int = 0  # UTF-8 bytes so far
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class Streams:
+    def __init__(self, broker: Broker, messages: MessageService, *, idle_seconds: float,
+                 max_bytes: int) -> None:
+        self.broker = broker
+        self.messages = messages
+        self.idle_seconds = idle_seconds
+        self.max_bytes = max_bytes
+        self._streams: dict[str, ActiveStream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def start(self, room: Room, user: User, conn_id: str, now: float) -> ActiveStream:
+        stream = ActiveStream(secrets.token_urlsafe(9), room, user, conn_id, now)
+        self._streams[stream.id] = stream
+        frame = protocol.encode(
+            {"op": "stream_start", "room": room.name, "stream": stream.id, "user": user.name}
+        )
+        self.broker.publish(Event("stream", room.name, frame, user=user.name))
+        return stream
+
+    def _owned(self, stream_id: str, user: User) -> ActiveStream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NotFound(f"no active stream {stream_id!r}")
+        if stream.user.id != user.id:
+            raise Forbidden("only the user who started a stream may write to it")
+        return stream
+
+    def delta(self, stream_id: str, user: User, text: str, now: float) -> None:
+        stream = self._owned(stream_id, user)
+        size = len(text.encode("utf-8"))
+        if stream.size + size > self.max_bytes:
+            raise TooLarge(
+                f"the stream would exceed {self.max_bytes} bytes; end it and start another"
+            )
+        stream.parts.append(text)
+        stream.size += size
+        stream.last_activity = now
+        frame = protocol.encode(
+            {"op": "stream_delta", "room": stream.room.name, "stream": stream.id, "text": text}
+        )
+        self.broker.publish(Event("stream", stream.room.name, frame, user=user.name))
+
+    async def end(self, stream_id: str, user: User, *, aborted: bool = False,
+                  on_durable: OnDurable | None = None) -> StoredMessage | None:
+        """Store the whole text as one message; None when the stream had no text."""
+        stream = self._owned(stream_id, user)
+        return await self._finish(stream, aborted, on_durable)
+
+    async def _finish(self, stream: ActiveStream, aborted: bool,
+                      on_durable: OnDurable | None) -> StoredMessage | None:
+        if self._streams.pop(stream.id, None) is None:
+            return None
+        text = stream.text()
+        if not text:
+            frame = protocol.encode({"op": "stream_end", "room": stream.room.name,
+                                     "stream": stream.id, "discarded": True})
+            self.broker.publish(Event("stream", stream.room.name, frame, user=stream.user.name))
+            return None
+        return await self.messages.post(stream.room, stream.user, text, stream=stream.id,
+                                        aborted=aborted, on_durable=on_durable)
+
+    def active_frames(self, room: str) -> list[bytes]:
+        """`stream_start` frames with the text so far, for a joiner going live mid-stream."""
+        return [
+            protocol.encode({"op": "stream_start", "room": room, "stream": s.id,
+                             "user": s.user.name, "text": s.text()})
+            for s in self._streams.values() if s.room.name == room
+        ]
+
+    async def abort_connection(self, conn_id: str) -> None:
+        for stream in [s for s in self._streams.values() if s.conn_id == conn_id]:
+            await self._abort(stream, "its connection closed")
+
+    async def abort_all(self) -> None:
+        for stream in list(self._streams.values()):
+            await self._abort(stream, "the server is shutting down")
+
+    async def _abort(self, stream: ActiveStream, why: str) -> None:
+        log.info("aborting stream %s in %s: %s", stream.id, stream.room.name, why)
+        try:
+            await self._finish(stream, True, None)
+        except Exception:
+            log.exception("could not store aborted stream %s", stream.id)
+
+    async def sweep_idle(self) -> None:
+        """Background task: abort streams idle past `limits.stream_idle`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            deadline = loop.time() - self.idle_seconds
+            for stream in [s for s in self._streams.values() if s.last_activity < deadline]:
+                await self._abort(stream, f"idle for over {self.idle_seconds:g} s")
