@@ -100,6 +100,8 @@ def _running_instance(instance_id: str):  # type: ignore[no-untyped-def]
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await ctx.streams.abort_all()
+                if ctx.background:
+                    await asyncio.wait(set(ctx.background), timeout=SHUTDOWN_FLUSH_TIMEOUT)
     return context
 
 

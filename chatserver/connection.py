@@ -42,10 +42,27 @@ class WebSocketSink:
             await asyncio.wait_for(
                 self._ws.close(code=code, message=reason.encode("utf-8")), CLOSE_TIMEOUT)
         except (asyncio.TimeoutError, ConnectionError):
-            # A peer that stopped reading cannot take a close frame either: drop it.
-            transport = self._request.transport
-            if transport is not None:
-                transport.abort()
+            self.abort(code, reason)
+            return
+        # aiohttp falls back to a graceful transport close when the close frame cannot be
+        # written; with data still unsent to a peer that does not read, that waits forever.
+        transport = self._request.transport
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            transport.abort()
+
+    def abort(self, code: int, reason: str) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()
+            return
+        # The socket has room: say why in a close frame, then give the peer a moment to
+        # read it before the socket is dropped regardless.
+        payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+        transport.write(bytes([0x88, len(payload)]) + payload)
+        transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -72,11 +89,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await _announce(ctx, session, online=True)
         await _read_loop(ctx, session, ws)
     finally:
-        await _cleanup(ctx, session, writer)
-        log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
-                 "bytes_out=%d code=%s", session.user.name, session.conn_id,
-                 time.monotonic() - started, session.frames_in, outbox.frames_out,
-                 outbox.bytes_out, outbox.close_code or ws.close_code)
+        # Cleanup must finish even if this handler is cancelled (client gone, shutdown):
+        # run it as its own task that a cancellation of the handler does not reach.
+        cleanup = asyncio.get_running_loop().create_task(
+            _cleanup(ctx, session, writer, ws, started))
+        ctx.background.add(cleanup)
+        cleanup.add_done_callback(ctx.background.discard)
+        await asyncio.shield(cleanup)
     return ws
 
 
@@ -132,7 +151,8 @@ async def _announce(ctx: ChatContext, session: Session, *, online: bool) -> None
     ctx.broker.publish(Event("presence", "", frame, user=user.name, rooms=rooms))
 
 
-async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None]) -> None:
+async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None],
+                   ws: web.WebSocketResponse, started: float) -> None:
     ctx.connections.remove(session)
     ctx.hub.leave_all(session.conn_id, list(session.rooms))
     session.rooms.clear()
@@ -145,3 +165,8 @@ async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None
         log.debug("writer ended with %r", exc)
     await ctx.streams.abort_connection(session.conn_id)
     await _announce(ctx, session, online=False)
+    outbox = session.outbox
+    log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
+             "bytes_out=%d code=%s", session.user.name, session.conn_id,
+             time.monotonic() - started, session.frames_in, outbox.frames_out,
+             outbox.bytes_out, outbox.close_code or ws.close_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from chatserver.broker.base import Broker
@@ -36,3 +37,5 @@ class ChatContext:
     login_user_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(1 / 6, 10))
     login_address_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(2, 60))
     shutting_down: bool = False
+    # Tasks that must outlive the request that started them (connection cleanup).
+    background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -31,6 +31,10 @@ class FrameSink(Protocol):
         """Send a close frame and release the socket; must return within a bounded time."""
         ...
 
+    def abort(self, code: int, reason: str) -> None:
+        """Drop the socket at once: for a peer that stopped reading (no close frame fits)."""
+        ...
+
 
 class Outbox:
     def __init__(self, limit_bytes: int) -> None:
@@ -119,12 +123,15 @@ class Outbox:
             if task is not None:
                 task.uncancel()
         except (ConnectionError, RuntimeError) as exc:
-            # The peer went away mid-write; nothing to flush to any more.
+            # The peer went away mid-write; nothing more can be flushed, but the socket
+            # must still be released so the reader sees the end.
             log.debug("writer stopped: %r", exc)
             self._closing = True
             self._drop_queue()
-            return
-        await sink.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+        if self._evicted:
+            sink.abort(CloseCode.TRY_AGAIN_LATER, self.close_reason)
+        else:
+            await sink.close(self.close_code or CloseCode.NORMAL, self.close_reason)
 
     async def _flush_until_closed(self, sink: FrameSink) -> None:
         frames = self._frames

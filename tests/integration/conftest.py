@@ -1,0 +1,137 @@
+"""Fixtures: a real chatserver app (SQLite in tmp_path, memory broker, real pools) served by
+pytest-aiohttp's test server, with users, tokens and a helper client that speaks the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from chatserver.app import create_app
+from chatserver.app_keys import CONTEXT
+from chatserver.auth import hash_token, new_token
+from chatserver.config import Config, LimitsConfig, PoolsConfig, RateConfig, StoreConfig
+from chatserver.context import ChatContext
+
+FRAME_TIMEOUT = 5.0
+
+
+def make_config(tmp_path: Path, **limits: Any) -> Config:
+    rate = limits.pop("rate", RateConfig(per_second=1000, burst=1000))
+    return Config(
+        store=StoreConfig(path=str(tmp_path / "chat.db")),
+        limits=dataclasses.replace(LimitsConfig(), rate=rate, **limits),
+        pools=PoolsConfig(threads=2, processes=1),
+    )
+
+
+class WsClient:
+    """A protocol-speaking test client over a real WebSocket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.hello = hello
+        self._refs = 0
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        msg = await asyncio.wait_for(self.ws.receive(), timeout)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type!r} {msg.data!r}")
+        frame: dict[str, Any] = orjson.loads(msg.data)
+        return frame
+
+    async def recv_op(self, op: str, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        """The next frame with this op, skipping presence/typing/others in between."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["op"] == op:
+                return frame
+
+    async def request(self, frame: dict[str, Any], reply: str | None = None) -> dict[str, Any]:
+        """Send with a fresh ref; return the frame answering that ref (reply or error)."""
+        self._refs += 1
+        ref = f"r{self._refs}"
+        await self.send({**frame, "ref": ref})
+        while True:
+            got = await self.recv()
+            if got.get("ref") == ref and (reply is None or got["op"] in (reply, "error")):
+                return got
+
+    async def join(self, room: str, after: int | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"op": "join", "room": room}
+        if after is not None:
+            frame["after"] = after
+        return await self.request(frame, "joined")
+
+    async def say(self, room: str, text: str) -> dict[str, Any]:
+        return await self.request({"op": "send", "room": room, "text": text}, "ack")
+
+    async def expect_silence(self, seconds: float = 0.3) -> None:
+        try:
+            frame = await self.recv(seconds)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"expected no frame, got {frame}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclasses.dataclass
+class Chat:
+    """The running app under test: its client, context, and user/token helpers."""
+
+    client: TestClient
+    ctx: ChatContext
+
+    async def user(self, name: str, *, admin: bool = False, password: str = "pw-" + "x" * 8
+                   ) -> str:
+        """Create a user; return an API token for it."""
+        password_hash = await self.ctx.executors.hash_password(password)
+        user = await self.ctx.store.create_user(name, password_hash, is_admin=admin)
+        token = new_token()
+        await self.ctx.store.add_token(user.id, hash_token(token), "api")
+        return token
+
+    async def room(self, name: str, *, private: bool = False, members: tuple[str, ...] = ()
+                   ) -> None:
+        room = await self.ctx.rooms.create(name, private, None)
+        for member in members:
+            await self.ctx.rooms.add_member(room.name, None, member)
+
+    async def ws(self, token: str, **headers: str) -> WsClient:
+        ws = await self.client.ws_connect("/ws", headers={"Authorization": f"Bearer {token}",
+                                                          **headers})
+        hello = orjson.loads((await ws.receive()).data)
+        assert hello["op"] == "hello"
+        return WsClient(ws, hello)
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+ChatFactory = Callable[..., Awaitable[Chat]]
+
+
+@pytest.fixture
+async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFactory]:
+    async def factory(**limits: Any) -> Chat:
+        config = make_config(tmp_path, **limits)
+        client = await aiohttp_client(create_app(config))
+        return Chat(client, client.app[CONTEXT])
+
+    yield factory
+
+
+@pytest.fixture
+async def chat(make_chat: ChatFactory) -> Chat:
+    return await make_chat()
