@@ -1,0 +1,112 @@
+"""Message Markdown -> sanitised HTML (PROTOCOL section 3, the `html` field).
+
+`render` is a pure module-level function so a ProcessPoolExecutor can pickle it by reference;
+the parser and the sanitiser are built once per process, at import, which is why the forkserver
+preloads this module.
+
+Two layers, on purpose: markdown-it with raw HTML off never emits a tag the author typed, and
+nh3 (ammonia) then enforces an explicit allow-list, so a bug or a new rule in either one alone
+cannot put a script, an event handler or a `javascript:` link into a message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import time
+
+import nh3
+from markdown_it import MarkdownIt
+
+__all__ = ["render", "render_batch", "sanitize", "warm_up"]
+
+# "js-default" is CommonMark plus GFM tables and strikethrough, with raw HTML off. `breaks`
+# turns a single newline into <br>: chat users press Enter for a new line, as in Slack,
+# Mattermost and Zulip, and do not expect CommonMark to join the lines into one paragraph.
+_md = MarkdownIt("js-default", {"breaks": True})
+_md.enable(["table", "strikethrough"])
+# Images would make every reader's browser fetch a URL of the author's choosing: it leaks who
+# read the message and when (a tracking pixel) to a third party. With the rule off,
+# `![alt](url)` renders as "!" and a plain link the reader can choose to follow.
+_md.disable("image")
+# Linkify needs the optional linkify-it-py package; we do not depend on it, but use it if the
+# deployment installed it.
+if importlib.util.find_spec("linkify_it") is not None:
+    _md.enable("linkify")
+    _md.options["linkify"] = True
+
+# Everything markdown-it can emit for the rules above, and nothing else. No <img> (see above),
+# no <div>/<span>, no id attributes (they could clash with the page's own ids).
+_TAGS = {
+    "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote",
+    "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
+    "table", "thead", "tbody", "tr", "th", "td",
+}  # fmt: skip
+_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "code": {"class"},  # narrowed to one "language-…" token by _filter_attribute
+    "ol": {"start"},  # "3. item" starts the list at 3
+}
+# markdown-it writes table alignment as style="text-align:…" (not the old align attribute).
+# Rather than allowing `style`, allow exactly those three values.
+_ALIGN = {"text-align:left", "text-align:center", "text-align:right"}
+_TAG_ATTRIBUTE_VALUES = {"th": {"style": _ALIGN}, "td": {"style": _ALIGN}}
+_LANGUAGE_CLASS = re.compile(r"language-[A-Za-z0-9_+#.-]{1,40}")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+    """Keep a code block's language class and a list's numeric start; pass the rest through."""
+    if tag == "code" and attribute == "class":
+        return value if _LANGUAGE_CLASS.fullmatch(value) else None
+    if tag == "ol" and attribute == "start":
+        return value if _DIGITS.fullmatch(value) else None
+    return value
+
+
+_cleaner = nh3.Cleaner(
+    tags=_TAGS,
+    attributes=_ATTRIBUTES,
+    attribute_filter=_filter_attribute,
+    tag_attribute_values=_TAG_ATTRIBUTE_VALUES,
+    url_schemes={"http", "https", "mailto"},
+    # Relative URLs would resolve against wherever the HTML is shown (the web UI, a mail
+    # notification, another client), so their meaning is not the author's to choose.
+    url_relative="deny",
+    link_rel="noopener noreferrer nofollow",
+    strip_comments=True,
+)
+
+
+def sanitize(html: str) -> str:
+    """Reduce any HTML to the allow-list above; `render` applies it to markdown-it's output."""
+    return str(_cleaner.clean(html))
+
+
+def render(text: str) -> str:
+    """Render one message's Markdown to HTML that is safe to insert into a page."""
+    return sanitize(_md.render(text))
+
+
+def render_batch(texts: list[str]) -> list[str]:
+    """Render several messages in one pool job, paying the round trip once (history exports)."""
+    return [render(text) for text in texts]
+
+
+# One of each construct, so a warm-up render touches every rule's code path once.
+_SAMPLE = (
+    "# Title\n\n**bold** *em* ~~gone~~ `code` [link](https://example.com)\nnext line\n\n"
+    "- item\n\n1. first\n\n> quote\n\n```python\nx = 1\n```\n\n| a | b |\n|:--|--:|\n| 1 | 2 |\n"
+)
+
+
+def warm_up(hold: float) -> int:
+    """Render a sample once, stay busy `hold` seconds, and return this worker's process id.
+
+    The executor runs one per worker at start-up: while every worker it has is held busy, the
+    pool must start another for the next job, and the pids tell it when all have started.
+    """
+    render(_SAMPLE)
+    time.sleep(hold)
+    return os.getpid()
