@@ -1,0 +1,361 @@
+// The web UI's entry point: wires the HTTP API, the WebSocket connection, the state and the
+// view together. Loaded by index.html as an ES module; no build step.
+
+import * as api from "./api.js";
+import { ChatConnection } from "./connection.js";
+import { ChatState, TYPING_SHOW_MS } from "./state.js";
+import * as view from "./view.js";
+
+const HISTORY_LIMIT = 50;
+// No frame announces a new room (someone opening a DM with us): re-read the list now and then.
+const ROOMS_REFRESH_MS = 60_000;
+const TYPING_SEND_MS = 2_000;
+const ANNOUNCE_CHARS = 200;
+
+const $ = (id) => document.getElementById(id);
+const utf8 = new TextEncoder();
+
+let state = null;       // ChatState while logged in
+let conn = null;        // ChatConnection while logged in
+let hellos = 0;
+let roomsTimer = null;
+const typingSent = new Map(); // room -> time (ms) the last `typing` went out
+
+// -- session ---------------------------------------------------------------------------------
+
+async function boot() {
+  bindForms();
+  bindChat();
+  view.bindScrolling();
+  try {
+    await enterChat(await api.me());
+  } catch (error) {
+    view.showLogin(error.status === 401 ? "" : error.message);
+  }
+}
+
+async function enterChat(me) {
+  state = new ChatState(me);
+  hellos = 0;
+  typingSent.clear();
+  view.showChat(me);
+  view.renderPeople(state);
+  view.renderRoomHeader(state, null);
+  view.renderMessages(null);
+  conn = new ChatConnection({ checkAuth: api.sessionValid });
+  bindConnection(conn);
+  conn.start();
+  roomsTimer = setInterval(refreshRooms, ROOMS_REFRESH_MS);
+  await refreshRooms();
+  if (!state) return; // the session ended meanwhile
+  const wanted = roomFromHash();
+  const first = state.rooms.has(wanted) ? wanted
+    : state.rooms.has("general") ? "general"
+      : state.sortedRooms()[0]?.name;
+  if (first) await openRoom(first);
+}
+
+/** The room named in the URL fragment (`#general`), or "". */
+function roomFromHash() {
+  try {
+    return decodeURIComponent(location.hash.slice(1));
+  } catch {
+    return ""; // malformed percent-encoding
+  }
+}
+
+function leaveChat(message = "") {
+  conn?.stop();
+  conn = null;
+  clearInterval(roomsTimer);
+  state = null;
+  view.showLogin(message);
+}
+
+async function onLogin(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  view.setLoginError("");
+  try {
+    const { user } = await api.login($("login-username").value, $("login-password").value);
+    await enterChat(user);
+  } catch (error) {
+    view.setLoginError(error.message); // the server's sentence, e.g. "wrong username or password"
+    $("login-password").select();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onLogout() {
+  leaveChat(); // stops the socket first, so the server's 1008 close is not taken for a drop
+  try {
+    await api.logout();
+  } catch (error) {
+    if (error.status !== 401) view.setLoginError(`Logging out failed: ${error.message}`);
+  }
+}
+
+// -- rooms -----------------------------------------------------------------------------------
+
+/** Reload the room list; join every room this user is a member of (for unread counts). */
+async function refreshRooms() {
+  if (!state) return;
+  let listings;
+  try {
+    listings = await api.listRooms();
+  } catch (error) {
+    if (error.status === 401) return leaveChat("Your session has ended; log in again.");
+    view.showNotice(`Could not load rooms: ${error.message}`);
+    return;
+  }
+  if (!state) return;
+  for (const listing of listings) {
+    const room = state.upsertRoom(listing);
+    if (room.member) joinRoom(room.name).catch(() => {}); // joinRoom shows the error
+  }
+  view.renderRoomList(state);
+}
+
+function joinRoom(name) {
+  return conn.join(name).catch((error) => {
+    view.showNotice(`Cannot join ${name}: ${error.message}`);
+    throw error;
+  });
+}
+
+async function openRoom(name, { focus = false } = {}) {
+  const room = state?.open(name);
+  if (!room) return;
+  history.replaceState(null, "", `#${encodeURIComponent(name)}`);
+  view.renderRoomList(state);
+  view.renderRoomHeader(state, room);
+  view.renderMessages(room);
+  view.renderTyping(state.typingIn(room));
+  view.setTitle(state.totalUnread());
+  if (focus) $("composer-input").focus();
+  try {
+    await joinRoom(name);
+  } catch {
+    return;
+  }
+  room.member = true;
+  if (!room.historyLoaded) await loadOlder(room);
+}
+
+/** One page of history before the oldest message held (the latest page when none is). */
+async function loadOlder(room) {
+  if (room.loading) return;
+  room.loading = true;
+  const isOpen = () => state?.openRoom === room.name;
+  if (isOpen()) view.renderLoadOlder(room, true);
+  try {
+    const page = await api.roomMessages(room.name, {
+      before: room.messages.oldest ?? undefined, limit: HISTORY_LIMIT,
+    });
+    if (state?.rooms.get(room.name) !== room) return; // logged out meanwhile
+    state.addHistory(room.name, page);
+    room.hasOlder = page.more;
+    const first = !room.historyLoaded;
+    room.historyLoaded = true;
+    if (isOpen()) first ? view.renderMessages(room) : view.prependHistory(room);
+  } catch (error) {
+    view.showNotice(`Could not load messages: ${error.message}`);
+    if (isOpen()) view.renderLoadOlder(room);
+  } finally {
+    room.loading = false;
+  }
+}
+
+async function onCreateRoom(event) {
+  event.preventDefault();
+  const name = $("new-room-name").value.trim();
+  const isPrivate = $("new-room-private").checked;
+  view.setFormError("create-room-error", "");
+  try {
+    const listing = await api.createRoom(name, isPrivate);
+    state.upsertRoom(listing);
+    $("create-room-form").reset();
+    await openRoom(listing.name, { focus: true });
+  } catch (error) {
+    view.setFormError("create-room-error", error.message);
+  }
+}
+
+async function onDirect(event) {
+  event.preventDefault();
+  const user = $("direct-user").value.trim();
+  view.setFormError("direct-error", "");
+  try {
+    const listing = await api.openDirect(user);
+    state.upsertRoom(listing);
+    $("direct-form").reset();
+    await openRoom(listing.name, { focus: true });
+  } catch (error) {
+    view.setFormError("direct-error", error.message);
+  }
+}
+
+// -- composing -------------------------------------------------------------------------------
+
+function onComposerKey(event) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+}
+
+function onComposerInput() {
+  const room = state?.openRoom;
+  if (!room || !$("composer-input").value) return;
+  const now = Date.now();
+  if (now - (typingSent.get(room) ?? 0) < TYPING_SEND_MS) return;
+  typingSent.set(room, now);
+  conn.typing(room);
+}
+
+function onSend(event) {
+  event.preventDefault();
+  const input = $("composer-input");
+  const room = state?.openRoom;
+  const text = input.value;
+  if (!room || !text.trim()) return;
+  const limit = conn.hello?.limits?.max_message_bytes;
+  const size = utf8.encode(text).length;
+  if (limit && size > limit) {
+    view.showNotice(`The message is ${size} bytes; the limit is ${limit}.`);
+    return;
+  }
+  if (!conn.connected) {
+    view.showNotice("Not connected; the message was not sent.");
+    return;
+  }
+  input.value = "";
+  typingSent.delete(room);
+  conn.send(room, text).catch((error) => {
+    if (error.code === "connection_lost") {
+      view.showNotice("The connection dropped before the server confirmed the message; " +
+        "it appears in the room if it was stored.");
+      return;
+    }
+    view.showNotice(error.message);
+    if (!input.value && state?.openRoom === room) input.value = text; // let the user retry
+  });
+}
+
+// -- server frames ---------------------------------------------------------------------------
+
+function bindConnection(connection) {
+  const on = (type, handler) => connection.addEventListener(type, (event) => {
+    if (conn === connection) handler(event.detail);
+  });
+  on("state", ({ state: s, retryInMs }) => view.setConnectionState(s, retryInMs));
+  on("hello", onHello);
+  on("message", onMessage);
+  on("frame", onFrame);
+  on("unauthorized", () => leaveChat("Your session has ended; log in again."));
+}
+
+function onHello(hello) {
+  hellos += 1;
+  state.forgetStreams(); // the server re-announces live streams after each join
+  // Presence comes only as changes: whatever happened while we were away is unknown now.
+  state.presence.clear();
+  state.presence.set(hello.user, "online");
+  view.renderStreams(state.rooms.get(state.openRoom));
+  view.renderPeople(state);
+  view.renderRoomList(state);
+  if (hellos > 1) refreshRooms(); // rooms made or DMs opened while we were away
+}
+
+function onMessage(message) {
+  const index = state.addMessage(message);
+  if (index < 0) return;
+  const room = state.rooms.get(message.room);
+  if (state.openRoom === room.name) {
+    view.insertMessage(room, message, index);
+    view.renderTyping(state.typingIn(room));
+    if (message.user !== state.me.name) {
+      view.announce(`${message.user}: ${String(message.text).slice(0, ANNOUNCE_CHARS)}`);
+    }
+  } else {
+    view.renderRoomList(state);
+    view.setTitle(state.totalUnread());
+  }
+}
+
+const FRAME_HANDLERS = {
+  typing(frame) {
+    const room = state.noteTyping(frame.room, frame.user);
+    if (!room || room.name !== state.openRoom) return;
+    view.renderTyping(state.typingIn(room));
+    setTimeout(() => {
+      if (state?.openRoom === room.name) view.renderTyping(state.typingIn(room));
+    }, TYPING_SHOW_MS + 50);
+  },
+  presence(frame) {
+    state.presence.set(frame.user, frame.status === "online" ? "online" : "offline");
+    view.renderPeople(state);
+    view.renderRoomList(state);
+  },
+  stream_start(frame) {
+    const stream = state.startStream(frame);
+    if (!stream || frame.room !== state.openRoom) return;
+    view.updateStream(stream);
+    view.renderTyping(state.typingIn(state.rooms.get(frame.room)));
+  },
+  stream_delta(frame) {
+    const stream = state.appendStream(frame);
+    if (stream && frame.room === state.openRoom) view.updateStream(stream);
+  },
+  stream_end(frame) {
+    state.endStream(frame);
+    view.removeStream(frame.stream);
+  },
+  error(frame) {
+    view.showNotice(String(frame.message ?? frame.code ?? "error"));
+  },
+};
+
+function onFrame(frame) {
+  FRAME_HANDLERS[frame.op]?.(frame);
+}
+
+// -- wiring ----------------------------------------------------------------------------------
+
+function bindForms() {
+  $("login-form").addEventListener("submit", onLogin);
+  $("logout").addEventListener("click", onLogout);
+  $("create-room-form").addEventListener("submit", onCreateRoom);
+  $("direct-form").addEventListener("submit", onDirect);
+  $("composer").addEventListener("submit", onSend);
+  $("composer-input").addEventListener("keydown", onComposerKey);
+  $("composer-input").addEventListener("input", onComposerInput);
+}
+
+function bindChat() {
+  $("room-list").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-room]");
+    if (button) openRoom(button.dataset.room, { focus: true });
+  });
+  $("load-older").addEventListener("click", () => {
+    const room = state?.rooms.get(state.openRoom);
+    if (room) loadOlder(room);
+  });
+  // Links in messages open in a new tab, so the chat stays where it is.
+  $("message-list").addEventListener("click", (event) => {
+    const link = event.target.closest(".msg-body a[href]");
+    if (!link) return;
+    event.preventDefault();
+    window.open(link.href, "_blank", "noopener,noreferrer");
+  });
+  window.addEventListener("focus", () => refreshRooms());
+  window.addEventListener("hashchange", () => {
+    const name = roomFromHash();
+    if (state?.rooms.has(name) && name !== state.openRoom) openRoom(name);
+  });
+}
+
+boot();
