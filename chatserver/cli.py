@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import secrets
 import sys
-from typing import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token

@@ -41,7 +41,7 @@ class WebSocketSink:
         try:
             await asyncio.wait_for(
                 self._ws.close(code=code, message=reason.encode("utf-8")), CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self.abort(code, reason)
             return
         # aiohttp falls back to a graceful transport close when the close frame cannot be
@@ -159,7 +159,7 @@ async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None
     session.outbox.close(CloseCode.NORMAL)
     try:
         await asyncio.wait_for(asyncio.shield(writer), WRITER_EXIT_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         writer.cancel()
     except Exception as exc:
         log.debug("writer ended with %r", exc)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from chatserver import protocol
 from chatserver.broker.base import Event
@@ -169,10 +170,12 @@ async def on_stream_delta(ctx: ChatContext, session: Session, cmd: StreamDelta) 
 
 
 async def on_stream_end(ctx: ChatContext, session: Session, cmd: StreamEnd) -> None:
-    stored = await ctx.streams.end(cmd.stream, session.user, on_durable=_ack_to(session, cmd.ref))
-    if stored is None:
+    def ack_discarded() -> None:
         session.outbox.enqueue(protocol.encode(
             {"op": "ack", "ref": cmd.ref, "stream": cmd.stream, "discarded": True}))
+
+    await ctx.streams.end(cmd.stream, session.user, on_durable=_ack_to(session, cmd.ref),
+                          on_discarded=ack_discarded)
 
 
 async def on_ping(ctx: ChatContext, session: Session, cmd: Ping) -> None:

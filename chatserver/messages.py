@@ -7,7 +7,7 @@ across concurrent appends (the store resolves a batch's futures in seq order).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from chatserver import protocol
 from chatserver.broker.base import Broker, Event

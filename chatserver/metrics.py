@@ -7,7 +7,8 @@ it happens, by the lag monitor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -28,7 +29,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry)
 
-    def bind(self, ctx: "ChatContext") -> None:
+    def bind(self, ctx: ChatContext) -> None:
         self.registry.register(_LiveCollector(ctx))
 
     def render(self) -> bytes:
@@ -36,10 +37,10 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, ctx: "ChatContext") -> None:
+    def __init__(self, ctx: ChatContext) -> None:
         self.ctx = ctx
 
-    def describe(self) -> list[object]:  # type: ignore[override]
+    def describe(self) -> list[object]:
         return []  # collected live; nothing to describe up front
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
@@ -68,7 +69,7 @@ def _queue_histogram(sizes: list[int]) -> HistogramMetricFamily:
                                  buckets=buckets, sum_value=sum(sizes))
 
 
-def _store_metrics(ctx: "ChatContext") -> Iterator[object]:
+def _store_metrics(ctx: ChatContext) -> Iterator[object]:
     stats = getattr(ctx.store, "stats", None)
     if stats is None:
         return
@@ -78,7 +79,7 @@ def _store_metrics(ctx: "ChatContext") -> Iterator[object]:
             yield CounterMetricFamily(f"chat_store_{name}", f"Store writer: {name}.", value=value)
 
 
-def _pool_metrics(ctx: "ChatContext") -> Iterator[object]:
+def _pool_metrics(ctx: ChatContext) -> Iterator[object]:
     in_flight = GaugeMetricFamily("chat_pool_jobs_in_flight", "Pool jobs queued or running.",
                                   labels=["function"])
     done = CounterMetricFamily("chat_pool_jobs", "Pool jobs finished.", labels=["function"])

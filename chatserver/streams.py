@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatserver import protocol
@@ -82,18 +83,23 @@ class Streams:
         )
         self.broker.publish(Event("stream", stream.room.name, frame, user=user.name))
 
-    async def end(self, stream_id: str, user: User, *, aborted: bool = False,
-                  on_durable: OnDurable | None = None) -> StoredMessage | None:
-        """Store the whole text as one message; None when the stream had no text."""
-        stream = self._owned(stream_id, user)
-        return await self._finish(stream, aborted, on_durable)
+    async def end(self, stream_id: str, user: User, *, on_durable: OnDurable | None = None,
+                  on_discarded: Callable[[], None] | None = None) -> StoredMessage | None:
+        """Store the whole text as one message; None when the stream had no text.
 
-    async def _finish(self, stream: ActiveStream, aborted: bool,
-                      on_durable: OnDurable | None) -> StoredMessage | None:
+        As with `send`, the streamer's reply (`on_durable` / `on_discarded`) is enqueued
+        before the room hears of the end."""
+        stream = self._owned(stream_id, user)
+        return await self._finish(stream, False, on_durable, on_discarded)
+
+    async def _finish(self, stream: ActiveStream, aborted: bool, on_durable: OnDurable | None,
+                      on_discarded: Callable[[], None] | None = None) -> StoredMessage | None:
         if self._streams.pop(stream.id, None) is None:
             return None
         text = stream.text()
         if not text:
+            if on_discarded is not None:
+                on_discarded()
             frame = protocol.encode({"op": "stream_end", "room": stream.room.name,
                                      "stream": stream.id, "discarded": True})
             self.broker.publish(Event("stream", stream.room.name, frame, user=stream.user.name))

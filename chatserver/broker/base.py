@@ -19,8 +19,9 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 EventKind = Literal["message", "typing", "stream", "presence"]
 

@@ -206,7 +206,7 @@ class Store(abc.ABC):
 
 def format_ts(epoch_ms: int) -> str:
     """Milliseconds since the epoch as `2026-11-22T10:00:00.123Z`."""
-    moment = _dt.datetime.fromtimestamp(epoch_ms / 1000, tz=_dt.timezone.utc)
+    moment = _dt.datetime.fromtimestamp(epoch_ms / 1000, tz=_dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 

@@ -159,7 +159,7 @@ async def test_unexpected_failure_answers_internal_and_keeps_the_connection(
     async def broken(*args: object) -> None:
         raise RuntimeError("secret detail")
 
-    setattr(chat.ctx.rooms, "join", broken)
+    chat.ctx.rooms.join = broken
     reply = await ws.join("general")
     assert reply["code"] == "internal" and "secret" not in reply["message"]
     assert (await ws.request({"op": "ping"}, "pong"))["op"] == "pong"

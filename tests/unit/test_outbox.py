@@ -50,7 +50,7 @@ async def test_writer_yields_to_other_tasks_between_batches() -> None:
             ticks.append(len(sink.frames))
             await asyncio.sleep(0)
 
-    for i in range(BATCH_FRAMES * 5):
+    for _ in range(BATCH_FRAMES * 5):
         outbox.enqueue(b"x")
     tick_task = asyncio.create_task(ticker())
     writer = asyncio.create_task(outbox.run(sink))
