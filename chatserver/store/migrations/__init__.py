@@ -1,0 +1,1 @@
+"""Versioned schema migrations, one sub-package of numbered SQL files per backend."""
