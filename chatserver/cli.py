@@ -16,6 +16,7 @@ from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token
 from chatserver.config import Config, ConfigError, load_config
 from chatserver.errors import ChatError
+from chatserver.protocol import USER_NAME
 from chatserver.rooms import Rooms
 from chatserver.store.base import Store
 from workers.passwords import hash_password
@@ -104,6 +105,10 @@ async def _migrate(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _user_add(store: Store, args: argparse.Namespace) -> int:
+    if not USER_NAME.fullmatch(args.name):
+        print(f"chatserver: user name {args.name!r} must match ^[a-z0-9][a-z0-9_.-]{{0,31}}$ "
+              "(lower case)", file=sys.stderr)
+        return 1
     password = _read_password()
     await store.create_user(args.name, hash_password(password), is_admin=args.admin,
                             is_bot=args.bot)

@@ -100,7 +100,7 @@ def room_body(listing: RoomListing) -> dict[str, Any]:
 async def login(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     body = await _body(request)
-    username, password = _string(body, "username"), _string(body, "password")
+    username, password = _string(body, "username").strip().lower(), _string(body, "password")
     address = request.remote or "unknown"
     token, user = await auth.login(ctx, username, password, address,
                                    asyncio.get_running_loop().time())

@@ -19,6 +19,8 @@ from chatserver.errors import BadRequest, ChatError, TooLarge, UnknownOp
 from chatserver.store.base import StoredMessage
 
 ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Lower case only, so "Alice" and "alice" can never be two people; login lower-cases input.
+USER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 MAX_REF_CHARS: Final = 64
 MAX_STREAM_ID_CHARS: Final = 64
 HISTORY_DEFAULT_LIMIT: Final = 50

@@ -257,3 +257,17 @@ def test_workers_import_nothing_of_the_server() -> None:
         env={"PYTHONPATH": ":".join(sys.path)},
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_bracket_flood_renders_literally_instead_of_scanning_for_links() -> None:
+    """A message with hundreds of '[' (quadratic for the link parser) shows its brackets as
+    text, while ordinary messages keep their links."""
+    html = render("[" * 5000 + " [x](https://example.com)")
+    assert html.startswith("<p>" + "[" * 100) and "<a " not in html
+    assert "<a " in render("[x](https://example.com) " + "[" * 10)
+
+
+def test_list_nesting_is_capped() -> None:
+    """Nesting deeper than 20 levels stops nesting (each level costs a pass over the text)."""
+    html = render("- " * 60 + "x")
+    assert html.count("<ul>") <= 21
