@@ -173,8 +173,8 @@ async def get_messages(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     ctx = _ctx(request)
     room = await ctx.rooms.readable(request.match_info["room"], info.user)
-    before = _query_int(request, "before", None, 0, 2**62)
-    after = _query_int(request, "after", None, 0, 2**62)
+    before = _query_int(request, "before", None, 0, protocol.MAX_SEQ)
+    after = _query_int(request, "after", None, 0, protocol.MAX_SEQ)
     if before is not None and after is not None:
         raise BadRequest("give 'before' or 'after', not both")
     limit = _query_int(request, "limit", protocol.HISTORY_DEFAULT_LIMIT, 1,

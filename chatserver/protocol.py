@@ -23,6 +23,9 @@ ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 USER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 MAX_REF_CHARS: Final = 64
 MAX_STREAM_ID_CHARS: Final = 64
+# JavaScript's largest exact integer: a seq above it could not be a real seq, and it keeps
+# every value representable in SQLite's and PostgreSQL's 64-bit integers.
+MAX_SEQ: Final = 2**53 - 1
 HISTORY_DEFAULT_LIMIT: Final = 50
 HISTORY_MAX_LIMIT: Final = 200
 
@@ -194,8 +197,9 @@ def _seq(obj: dict[str, Any], key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if type(value) is not int or value < 0:  # bool is an int subclass: rejected by the type check
-        raise BadRequest(f"'{key}' must be a non-negative integer seq")
+    # bool is an int subclass: the exact type check rejects it.
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise BadRequest(f"'{key}' must be an integer seq from 0 to {MAX_SEQ}")
     return value
 
 
