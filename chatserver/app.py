@@ -119,6 +119,10 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
         executors=executors, hub=hub, rooms=Rooms(store), messages=messages, streams=streams,
         metrics=metrics, lag=LoopLagMonitor(observe=metrics.loop_lag.observe),
         send_limiter=KeyedLimiter(limits.rate.per_second, limits.rate.burst),
+        login_user_limiter=KeyedLimiter(limits.login.user_per_minute / 60,
+                                        limits.login.user_burst),
+        login_address_limiter=KeyedLimiter(limits.login.address_per_minute / 60,
+                                           limits.login.address_burst),
     )
     metrics.bind(ctx)
     return ctx

@@ -48,6 +48,16 @@ class RateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginLimitsConfig:
+    """Login throttling: one token bucket per username and one per client address."""
+
+    user_per_minute: float = 10.0
+    user_burst: int = 10
+    address_per_minute: float = 120.0
+    address_burst: int = 60
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_message_bytes: int = 16384
     max_frame_bytes: int = 65536
@@ -55,6 +65,7 @@ class LimitsConfig:
     send_queue_bytes: int = 1048576
     stream_idle: float = 30.0
     rate: RateConfig = field(default_factory=RateConfig)
+    login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +114,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "pools": PoolsConfig,
     "log": LogConfig,
 }
-_SUBTABLES: dict[tuple[type[Any], str], type[Any]] = {(LimitsConfig, "rate"): RateConfig}
+_SUBTABLES: dict[tuple[type[Any], str], type[Any]] = {
+    (LimitsConfig, "rate"): RateConfig,
+    (LimitsConfig, "login"): LoginLimitsConfig,
+}
 
 _STORE_BACKENDS = ("sqlite", "postgres")
 _BROKER_BACKENDS = ("memory", "redis")
@@ -319,6 +333,14 @@ def _check_values(config: Config, source: str) -> None:
         fail("[limits.rate] per_second", f"must be more than 0, got {limits.rate.per_second:g}")
     if limits.rate.burst < 1:
         fail("[limits.rate] burst", f"must be at least 1, got {limits.rate.burst}")
+
+    login = limits.login
+    for key in ("user_per_minute", "address_per_minute"):
+        if getattr(login, key) <= 0:
+            fail(f"[limits.login] {key}", f"must be more than 0, got {getattr(login, key):g}")
+    for key in ("user_burst", "address_burst"):
+        if getattr(login, key) < 1:
+            fail(f"[limits.login] {key}", f"must be at least 1, got {getattr(login, key)}")
 
     if pools.threads < 1:
         fail("[pools] threads", f"must be at least 1, got {pools.threads}")
