@@ -1,0 +1,53 @@
+"""Entry point of the load-generator child process: `python -m benchlib.generator SPEC OUT`.
+
+The orchestrator starts this under `taskset -c 1` so it never competes with the server (CPU 0).
+SPEC is a JSON file naming the scenario and its parameters; the result goes to OUT as JSON.
+Phase changes are printed to stdout as one JSON object per line, for the orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import traceback
+from collections.abc import Callable, Coroutine
+from time import monotonic_ns
+from typing import Any
+
+import uvloop
+
+from . import fanout, ping
+from .timing import Emit
+
+Scenario = Callable[[dict[str, Any], Emit], Coroutine[Any, Any, dict[str, Any]]]
+SCENARIOS: dict[str, Scenario] = {"fanout": fanout.run, "ping": ping.run}
+
+
+def emit(event: str) -> None:
+    print(json.dumps({"event": event, "t_ns": monotonic_ns()}), flush=True)
+
+
+def raise_fd_limit() -> None:
+    """Thousands of sockets need more than the common soft limit of 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = argv[1], argv[2]
+    with open(spec_path) as f:
+        spec: dict[str, Any] = json.load(f)
+    raise_fd_limit()
+    try:
+        result: dict[str, Any] = uvloop.run(SCENARIOS[spec["scenario"]](spec, emit))
+    except Exception:  # noqa: BLE001 - handed to the orchestrator, which prints it
+        result = {"error": traceback.format_exc()}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,172 @@
+"""The human report (Markdown tables, pasteable into docs/benchmarks.md) and the JSON document."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from .stats import ratio
+
+Run = dict[str, Any]
+Row = tuple[str, Callable[[Run], Any]]
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                         "")
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "kernel": platform.release(),
+        "packages": {name: _version(name) for name in ("aiohttp", "uvloop", "chatserver")},
+        "git_commit": _git_commit(),
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:  # read-only query; None in a repository without commits
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False,
+                             capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def command_line() -> str:
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def header(info: dict[str, Any]) -> str:
+    pkgs = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    return (f"$ {command_line()}\n"
+            f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Linux {info['kernel']}, "
+            f"Python {info['python']}, {pkgs}, commit {info['git_commit'] or 'none'}\n"
+            "server pinned to CPU 0, load generator pinned to CPU 1\n")
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+FANOUT_ROWS: list[Row] = [
+    ("clients connected", lambda r: f"{r['connected']}/{r['clients']}"),
+    ("offered deliveries/s", lambda r: _f(r["offered_deliveries_per_s"], 0)),
+    ("achieved deliveries/s", lambda r: _f(r["achieved_deliveries_per_s"], 0)),
+    ("latency p50 ms", lambda r: _f(r["latency_ms"]["p50"], 2)),
+    ("latency p90 ms", lambda r: _f(r["latency_ms"]["p90"], 2)),
+    ("latency p99 ms", lambda r: _f(r["latency_ms"]["p99"], 2)),
+    ("latency max ms", lambda r: _f(r["latency_ms"]["max"], 2)),
+    ("ack latency p50 / p99 ms",
+     lambda r: f"{_f(r['ack_latency_ms']['p50'], 2)} / {_f(r['ack_latency_ms']['p99'], 2)}"),
+    ("sent / acked / errors / unanswered",
+     lambda r: f"{r['sent']} / {r['acked']} / {sum(r['send_errors'].values())} / "
+               f"{r['unanswered']}"),
+    ("lost (of expected)", lambda r: f"{r['lost']:,} (of {r['expected_deliveries']:,})"),
+    ("duplicates / out of order", lambda r: f"{r['duplicates']} / {r['out_of_order']}"),
+    ("server CPU s (load + drain)", lambda r: _f(r.get("server_cpu_s"), 2)),
+    ("server CPU % (measured)", lambda r: _f(r.get("server_cpu_pct_measured"))),
+    ("server CPU us/delivery", lambda r: _f(r.get("server_cpu_per_delivery_us"), 2)),
+    ("server peak RSS MB", lambda r: _f(r.get("server_peak_rss_mb"))),
+    ("generator CPU %", lambda r: _f(r["generator_cpu_pct"])),
+    ("publisher max lag ms", lambda r: _f(r["publisher_max_lag_ms"], 2)),
+    ("drained / drain s", lambda r: f"{'yes' if r['drained'] else 'NO'} / {r['drain_s']}"),
+    ("kernel softirq CPU %", lambda r: _f(r.get("softirq_cpu_pct"))),
+    ("other CPU on machine %", lambda r: _f(r.get("other_cpu_pct"))),
+]
+
+PING_ROWS: list[Row] = [
+    ("ping RTT p50 ms", lambda r: _f(r["ping_rtt_ms"]["p50"], 2)),
+    ("ping RTT p99 ms", lambda r: _f(r["ping_rtt_ms"]["p99"], 2)),
+    ("ping RTT max ms", lambda r: _f(r["ping_rtt_ms"]["max"], 2)),
+    ("pings sent / unanswered", lambda r: f"{r['pings_sent']} / {r['pings_unanswered']}"),
+    ("Markdown msgs/s (8 KB)", lambda r: _f(r["md_messages_per_s"])),
+    ("logins/s (200)", lambda r: _f(r["logins_per_s"])),
+    ("login statuses", lambda r: " ".join(f"{k}:{v}" for k, v in
+                                          sorted(r["login_statuses"].items()))),
+    ("login p50 ms", lambda r: _f(r["login_latency_ms"]["p50"], 1)),
+    ("server CPU % (measured)", lambda r: _f(r.get("server_cpu_pct_measured"))),
+    ("server peak RSS MB", lambda r: _f(r.get("server_peak_rss_mb"))),
+    ("generator CPU %", lambda r: _f(r["generator_cpu_pct"])),
+    ("kernel softirq CPU %", lambda r: _f(r.get("softirq_cpu_pct"))),
+    ("other CPU on machine %", lambda r: _f(r.get("other_cpu_pct"))),
+]
+
+OTHER_LOAD_WARN_PCT = 15.0
+PING_P99_TARGET_MS = 25.0  # the brief's target for a free event loop
+
+
+def table(runs: dict[str, Run], rows: list[Row]) -> str:
+    labels = list(runs)
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, get in rows:
+        lines.append(f"| {name} | " + " | ".join(str(get(runs[k])) for k in labels) + " |")
+    return "\n".join(lines)
+
+
+def ratios(main: Run, base: Run) -> dict[str, float | None]:
+    """main / baseline for the three headline figures."""
+    if main["scenario"] == "ping":
+        return {"ping_p99": ratio(main["ping_rtt_ms"]["p99"], base["ping_rtt_ms"]["p99"]),
+                "md_messages_per_s": ratio(main["md_messages_per_s"], base["md_messages_per_s"]),
+                "logins_per_s": ratio(main["logins_per_s"], base["logins_per_s"])}
+    return {
+        "p99": ratio(main["latency_ms"]["p99"], base["latency_ms"]["p99"]),
+        "deliveries_per_s": ratio(main["achieved_deliveries_per_s"],
+                                  base["achieved_deliveries_per_s"]),
+        "cpu_per_delivery": ratio(main.get("server_cpu_per_delivery_us"),
+                                  base.get("server_cpu_per_delivery_us")),
+    }
+
+
+def ratio_lines(main_label: str, r: dict[str, float | None]) -> str:
+    names = {"p99": "p99 latency", "deliveries_per_s": "deliveries/s",
+             "cpu_per_delivery": "server CPU per delivery", "ping_p99": "ping RTT p99",
+             "md_messages_per_s": "Markdown msgs/s", "logins_per_s": "logins/s"}
+    return "\n".join(f"- {names[k]}: {main_label} / baseline = {_f(v, 3)}" for k, v in r.items())
+
+
+def render(runs: dict[str, Run], ratio_figures: dict[str, float | None] | None) -> str:
+    first = next(iter(runs.values()))
+    rows = PING_ROWS if first["scenario"] == "ping" else FANOUT_ROWS
+    out = [table(runs, rows)]
+    if ratio_figures is not None:
+        out.append("\n" + ratio_lines(next(iter(runs)), ratio_figures))
+    for label, run in runs.items():
+        if run["scenario"] == "ping":
+            p99 = run["ping_rtt_ms"]["p99"]
+            verdict = "met" if p99 < PING_P99_TARGET_MS else "NOT met"
+            out.append(f"\n{label}: ping RTT p99 {p99:.1f} ms; "
+                       f"target < {PING_P99_TARGET_MS:.0f} ms {verdict}")
+        other = run.get("other_cpu_pct", 0.0)
+        if other > OTHER_LOAD_WARN_PCT:
+            out.append(f"\nWARNING: {label}: other processes used {other:.0f}% of a core during "
+                       "the measured window; on this machine that competes with the pinned "
+                       "server or generator, so treat these numbers as noisy.")
+        if run.get("generator_cpu_pct", 0.0) > 85.0:
+            out.append(f"\nWARNING: {label}: the generator used {run['generator_cpu_pct']:.0f}% "
+                       "of its core: the results may measure the generator, not the server.")
+    return "\n".join(out)
