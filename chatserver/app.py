@@ -149,13 +149,20 @@ async def _close_connections(app: web.Application) -> None:
         return
     ctx.shutting_down = True
     sessions = list(ctx.connections)
-    # Sends already accepted finish first, so their acks go out before the 1001 close.
-    pending = {task for session in sessions for task in session.pending_sends}
-    if pending:
-        await asyncio.wait(pending, timeout=SHUTDOWN_FLUSH_TIMEOUT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHUTDOWN_FLUSH_TIMEOUT
+    # Sends already admitted (rendering, or appending) finish first, so their acks go out
+    # before the 1001 close; new ones are refused with `overloaded` meanwhile.
+    while loop.time() < deadline:
+        pending = {task for session in sessions for task in session.pending_sends}
+        if pending:
+            await asyncio.wait(pending, timeout=deadline - loop.time())
+        elif any(session.storing for session in sessions):
+            await asyncio.sleep(0.01)
+        else:
+            break
     for session in sessions:
         session.outbox.close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + SHUTDOWN_FLUSH_TIMEOUT
     while len(ctx.connections) and loop.time() < deadline:
         await asyncio.sleep(0.05)

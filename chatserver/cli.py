@@ -72,14 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return daemon.run(config)
     action = _ADMIN[(command, getattr(args, "action", None))]
     try:
-        return asyncio.run(_with_store(config, lambda store: action(store, args)))
+        return asyncio.run(_with_store(config, lambda store: action(store, args),
+                                       open_store=command != "migrate"))
     except ChatError as error:
         print(f"chatserver: {error.message}", file=sys.stderr)
         return 1
 
 
-async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]],
+                      *, open_store: bool = True) -> int:
     store = make_store(config.store)
+    if not open_store:  # `migrate` reports what it applies; opening would apply it silently
+        try:
+            return await action(store)
+        finally:
+            await store.close()
     await store.open()
     try:
         return await action(store)
@@ -87,15 +94,14 @@ async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]])
         await store.close()
 
 
-def _read_password() -> str:
-    """The first line of stdin when it is piped, else (or when empty) a generated one."""
+def _read_password() -> tuple[str, bool]:
+    """The first line of stdin when it is piped, else (or when empty) a generated one; and
+    whether it was generated (and so must be shown once the user exists)."""
     if not sys.stdin.isatty():
         line = sys.stdin.readline().rstrip("\r\n")
         if line:
-            return line
-    password = secrets.token_urlsafe(12)
-    print(f"password: {password}")
-    return password
+            return line, False
+    return secrets.token_urlsafe(12), True
 
 
 async def _migrate(store: Store, args: argparse.Namespace) -> int:
@@ -109,9 +115,11 @@ async def _user_add(store: Store, args: argparse.Namespace) -> int:
         print(f"chatserver: user name {args.name!r} must match ^[a-z0-9][a-z0-9_.-]{{0,31}}$ "
               "(lower case)", file=sys.stderr)
         return 1
-    password = _read_password()
+    password, generated = _read_password()
     await store.create_user(args.name, hash_password(password), is_admin=args.admin,
                             is_bot=args.bot)
+    if generated:
+        print(f"password: {password}")
     print(f"created user {args.name}" + (" (admin)" if args.admin else ""), file=sys.stderr)
     return 0
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import threading
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import TypeVar, TypeVarTuple
 
 from chatserver.config import PoolsConfig
-from workers import markdown, passwords
+from workers import lifeline, markdown, passwords
 
 __all__ = ["Executors", "PoolStats"]
 
@@ -222,8 +223,9 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     # a small clean server process instead, which has `workers.markdown` already imported, so a
     # worker starts in milliseconds without the cost of "spawn".
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["workers.markdown"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    context.set_forkserver_preload(["workers.markdown", "workers.lifeline"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=lifeline.exit_with, initargs=(os.getpid(),))
 
 
 def _warm_up(pool: ProcessPoolExecutor, workers: int) -> None:

@@ -48,6 +48,9 @@ async def handle_frame(ctx: ChatContext, session: Session, data: str) -> None:
         session.bad_frames += 1
         session.outbox.enqueue(protocol.error_frame_for(bad.error, bad.ref))
         return
+    stores = type(command) in _STORING_OPS
+    if stores:
+        session.storing += 1
     try:
         await _HANDLERS[type(command)](ctx, session, command)
     except ChatError as error:
@@ -57,6 +60,9 @@ async def handle_frame(ctx: ChatContext, session: Session, data: str) -> None:
         session.outbox.enqueue(
             protocol.error_frame_for(Internal("internal error; it has been logged"), command.ref)
         )
+    finally:
+        if stores:
+            session.storing -= 1
 
 
 def check_send_rate(ctx: ChatContext, user_name: str) -> None:
@@ -181,6 +187,9 @@ async def on_stream_end(ctx: ChatContext, session: Session, cmd: StreamEnd) -> N
 async def on_ping(ctx: ChatContext, session: Session, cmd: Ping) -> None:
     session.outbox.enqueue(protocol.pong_frame(cmd.ref))
 
+
+# Ops that end in a stored message: shutdown lets them finish so their acks go out.
+_STORING_OPS = frozenset({Send, StreamEnd})
 
 _HANDLERS: dict[type[Any], Callable[[ChatContext, Session, Any], Awaitable[None]]] = {
     Join: on_join,

@@ -28,9 +28,16 @@ class Session:
     opened_at: float = field(default_factory=time.monotonic)
     rooms: dict[str, Room] = field(default_factory=dict)
     pending_sends: set[asyncio.Task[None]] = field(default_factory=set)
+    # Ops that will store a message and have passed admission but not yet handed their append
+    # to a task (they are rendering): shutdown waits for these too.
+    storing: int = 0
     typing_sent: dict[str, float] = field(default_factory=dict)
     frames_in: int = 0
     bad_frames: int = 0
+
+    @property
+    def busy_storing(self) -> bool:
+        return self.storing > 0 or bool(self.pending_sends)
 
     def typing_allowed(self, room: str, now: float) -> bool:
         """Relay at most one typing frame per room per interval; the rest are noise."""
