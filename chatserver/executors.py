@@ -87,7 +87,8 @@ class Executors:
             raise RuntimeError("Executors.start() called twice or after close()")
         self._started = True
         self._threads = ThreadPoolExecutor(
-            max_workers=self._pools.threads, thread_name_prefix="chat-pool"
+            max_workers=self._pools.threads, thread_name_prefix="chat-pool",
+            initializer=_lower_thread_priority,
         )
         if self._pools.processes > 0:
             self._processes = _new_process_pool(self._pools.processes)
@@ -225,7 +226,25 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["workers.markdown", "workers.lifeline"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=lifeline.exit_with, initargs=(os.getpid(),))
+                               initializer=lifeline.init_process_worker,
+                               initargs=(os.getpid(), RENDER_NICENESS))
+
+
+# Pool work is throughput work; the event loop is latency work. With both on one busy core,
+# equal priority made the loop wait behind four argon2 threads: ping p99 30 ms in
+# `scripts/bench --scenario ping` with 20 logins running. Linux nice values are per thread and
+# inherited by the threads they start (argon2's lanes). Rendering is on every message's path,
+# a login is not: at one nice for both, 20 logins cut 8 KB Markdown sends from 14/s to 2/s.
+RENDER_NICENESS = 5
+THREAD_POOL_NICENESS = 15
+
+
+def _lower_thread_priority() -> None:
+    """Thread-pool initializer: this thread (and threads it starts) yields to the loop."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), THREAD_POOL_NICENESS)
+    except OSError as exc:  # not permitted in some sandboxes: run at normal priority
+        log.debug("could not lower pool thread priority: %s", exc)
 
 
 def _warm_up(pool: ProcessPoolExecutor, workers: int) -> None:
