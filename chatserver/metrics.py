@@ -95,6 +95,7 @@ def _pool_metrics(ctx: ChatContext) -> Iterator[object]:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    # Imported here: app_keys imports the context, which imports this module.
     from chatserver.app_keys import CONTEXT
 
     ctx = request.app[CONTEXT]

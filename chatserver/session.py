@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from chatserver.outbox import Outbox
@@ -58,7 +59,8 @@ class Connections:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Session]:
+        """A snapshot: connections may open or close while the caller iterates."""
         return iter(list(self._by_id.values()))
 
     def add(self, session: Session) -> None:

@@ -17,15 +17,24 @@ from aiohttp.test_utils import TestClient
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
 from chatserver.auth import hash_token, new_token
-from chatserver.config import Config, LimitsConfig, PoolsConfig, RateConfig, StoreConfig
+from chatserver.config import (
+    Config,
+    LimitsConfig,
+    PoolsConfig,
+    RateConfig,
+    ServerConfig,
+    StoreConfig,
+)
 from chatserver.context import ChatContext
 
 FRAME_TIMEOUT = 5.0
 
 
-def make_config(tmp_path: Path, **limits: Any) -> Config:
+def make_config(tmp_path: Path, *, server: ServerConfig | None = None, **limits: Any
+                ) -> Config:
     rate = limits.pop("rate", RateConfig(per_second=1000, burst=1000))
     return Config(
+        server=server or ServerConfig(),
         store=StoreConfig(path=str(tmp_path / "chat.db")),
         limits=dataclasses.replace(LimitsConfig(), rate=rate, **limits),
         pools=PoolsConfig(threads=2, processes=1),
@@ -125,8 +134,8 @@ ChatFactory = Callable[..., Awaitable[Chat]]
 
 @pytest.fixture
 async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFactory]:
-    async def factory(**limits: Any) -> Chat:
-        config = make_config(tmp_path, **limits)
+    async def factory(*, server: ServerConfig | None = None, **limits: Any) -> Chat:
+        config = make_config(tmp_path, server=server, **limits)
         client = await aiohttp_client(create_app(config))
         return Chat(client, client.app[CONTEXT])
 

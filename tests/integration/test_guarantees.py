@@ -9,6 +9,7 @@ import socket
 import time
 from typing import Any
 
+from chatserver.config import ServerConfig
 from tests.integration.conftest import Chat, ChatFactory, WsClient
 
 
@@ -200,3 +201,27 @@ async def test_markdown_and_hashing_do_not_block_the_loop(chat: Chat) -> None:
     assert rtts[int(len(rtts) * 0.9)] < 0.5, rtts
     assert chat.ctx.executors.stats["render_markdown"].done > 0
     assert chat.ctx.lag.recent_max < 1.0
+
+
+async def test_a_peer_that_never_answers_pings_is_closed(make_chat: ChatFactory) -> None:
+    """The server pings every `server.heartbeat` seconds and drops a connection whose peer
+    never answers, while a normal client (which answers pings) stays connected."""
+    chat = await make_chat(server=ServerConfig(heartbeat=0.4))
+    token = await chat.user("alice")
+    healthy = await chat.ws(token)
+    assert healthy.hello["heartbeat"] == 0.4
+    port = chat.client.server.port
+    assert port is not None
+    before = set(chat.ctx.connections)
+    silent = await asyncio.to_thread(_stalled_websocket, port, token)
+    (silent_session,) = set(chat.ctx.connections) - before
+    deadline = time.monotonic() + 10
+    while silent_session in set(chat.ctx.connections):
+        assert time.monotonic() < deadline, "the silent peer was never dropped"
+        # The healthy client keeps reading (aiohttp answers pings while it receives).
+        assert (await healthy.request({"op": "ping"}, "pong"))["op"] == "pong"
+        await asyncio.sleep(0.05)
+    for _ in range(10):  # several heartbeats later the healthy client is still there
+        assert (await healthy.request({"op": "ping"}, "pong"))["op"] == "pong"
+        await asyncio.sleep(0.1)
+    silent.close()
