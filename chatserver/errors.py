@@ -89,3 +89,7 @@ class CloseCode(IntEnum):
     TOO_BIG = 1009  # frame over limits.max_frame_bytes
     INTERNAL = 1011
     TRY_AGAIN_LATER = 1013  # overloaded, or evicted as a slow consumer
+
+
+class BrokerUnavailable(Overloaded):
+    """The broker cannot be reached right now (e.g. Redis is down or restarting)."""

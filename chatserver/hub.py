@@ -28,6 +28,7 @@ from chatserver.store.base import Room, Store, StoredMessage
 log = logging.getLogger(__name__)
 
 CATCH_UP_PAGE = 500
+RESYNC_MAX_WAITS = 100  # x 50 ms
 
 
 @dataclass(eq=False, slots=True)
@@ -61,9 +62,15 @@ class Hub:
         self.replay_max = replay_max
         self._rooms: dict[str, dict[str, Subscription]] = {}
         self._active_streams: ActiveStreams = lambda room: []
+        # Rooms the broker is subscribed to, and subscribes in flight that later joiners of the
+        # same room wait for (a joiner must not go live before events of the room can arrive).
+        self._subscribed: set[str] = set()
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._room_resyncs: set[asyncio.Task[None]] = set()
         self.deliveries = 0
         self.resyncs = 0
         broker.set_handler(self.deliver)
+        broker.set_resync(self.resync_all)
 
     def set_active_streams(self, provider: ActiveStreams) -> None:
         """Where a joiner going live gets the streams in progress (text so far)."""
@@ -136,8 +143,7 @@ class Hub:
         sub = Subscription(room, conn_id, user, outbox)
         subs[conn_id] = sub
         try:
-            if len(subs) == 1:
-                await self.broker.subscribe(room.name)
+            await self._ensure_subscribed(room.name)
             result = await self._replay(sub, after)
         except BaseException:
             self.leave(room.name, conn_id)
@@ -146,6 +152,27 @@ class Hub:
             return result  # left (or disconnected) while replaying
         self._go_live(sub, result, ref)
         return result
+
+    async def _ensure_subscribed(self, room: str) -> None:
+        if room in self._subscribed:
+            return
+        pending = self._subscribing.get(room)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        pending = asyncio.get_running_loop().create_future()
+        self._subscribing[room] = pending
+        try:
+            await self.broker.subscribe(room)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: joiners waiting on it re-raise it themselves
+            raise
+        else:
+            self._subscribed.add(room)
+            pending.set_result(None)
+        finally:
+            del self._subscribing[room]
 
     async def _replay(self, sub: Subscription, after: int | None) -> JoinResult:
         room_id = sub.room.id
@@ -227,8 +254,62 @@ class Hub:
         return True
 
     async def _unsubscribe_if_empty(self, room: str) -> None:
-        if room not in self._rooms:
+        if room not in self._rooms and room in self._subscribed:
+            self._subscribed.discard(room)
             await self.broker.unsubscribe(room)
+
+    # -- recovery after the broker lost events -------------------------------------------------
+
+    def resync_all(self) -> None:
+        """The broker may have lost events: re-read every room with live subscribers.
+
+        Each room is read once from the lowest seq its subscribers have, and each message is
+        encoded once for all of them; subscribers go live again when they have caught up.
+        """
+        for room, subs in self._rooms.items():
+            live = [sub for sub in subs.values() if sub.live]
+            if not live:
+                continue
+            for sub in live:
+                sub.live = False
+                sub.max_seen = max(sub.max_seen, sub.last_seq)
+            self.resyncs += 1
+            task = asyncio.get_running_loop().create_task(self._resync_room(room, live))
+            self._room_resyncs.add(task)
+            task.add_done_callback(self._room_resyncs.discard)
+
+    async def _resync_room(self, room: str, subs: list[Subscription]) -> None:
+        room_id = subs[0].room.id
+        cursor = min(sub.last_seq for sub in subs)
+        waits = 0
+        try:
+            while True:
+                page = await self.store.messages_after(room_id, cursor, CATCH_UP_PAGE)
+                for message in page:
+                    frame = protocol.message_frame(message)
+                    for sub in subs:
+                        if message.seq > sub.last_seq:
+                            sub.outbox.enqueue(frame)
+                            sub.last_seq = message.seq
+                if page:
+                    cursor = page[-1].seq
+                elif all(sub.max_seen <= cursor for sub in subs):
+                    break
+                elif waits < RESYNC_MAX_WAITS:
+                    waits += 1  # a seq was seen that this read did not return yet: retry
+                    await asyncio.sleep(0.05)
+                else:
+                    raise RuntimeError(f"seq {max(s.max_seen for s in subs)} never readable")
+        except Exception:
+            log.exception("room %s: re-reading after a broker outage failed", room)
+            for sub in subs:
+                sub.outbox.close(1011, "could not recover missed messages; reconnect")
+            return
+        current = self._rooms.get(room, {})
+        for sub in subs:
+            if current.get(sub.conn_id) is sub:
+                sub.last_seq = max(sub.last_seq, cursor)
+                sub.live = True
 
     def leave_all(self, conn_id: str, rooms: list[str]) -> None:
         for room in rooms:

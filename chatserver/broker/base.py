@@ -3,13 +3,20 @@
 Delivery semantics every backend provides (tests/contract/test_broker.py holds each to them):
 
 - `publish` never waits for a subscriber and never blocks the caller on the network; it may
-  lose events (e.g. while Redis is down). The store is the source of truth: `message` events
-  carry their seq, and the hub re-reads the store when it sees a gap, so a lost message event
-  costs latency, never a gap a client can see.
+  lose events for other instances (e.g. while Redis is down). The store is the source of
+  truth: `message` events carry their seq, and the hub re-reads the store when it sees a gap,
+  so a lost message event costs latency, never a gap a client can see.
+- The publishing instance's own handler is called synchronously inside `publish` (when it is
+  subscribed to the room): local members never wait for a network round trip, and local
+  delivery works while the network is down. Other instances get the event over the network
+  and never get their own events back.
 - Events of one room published from one instance reach every subscribed instance in publish
   order.
 - The handler set with `set_handler` is called on the event loop, once per event, only for
   rooms this instance subscribed to (or for presence events naming such a room).
+- After the broker lost events it could not deliver (its connection dropped and came back),
+  it calls the callback set with `set_resync`, once it is receiving again: the hub then
+  re-reads every live room from the store, so quiet rooms recover too.
 - `subscribe`/`unsubscribe` are interest declarations; the hub reference-counts local members
   and calls them only for its first and last local subscriber of a room.
 - Presence: `connection_opened` returns True when it was the user's first connection anywhere;
@@ -44,9 +51,13 @@ EventHandler = Callable[[Event], None]
 class Broker(abc.ABC):
     def __init__(self) -> None:
         self._handler: EventHandler | None = None
+        self._resync: Callable[[], None] | None = None
 
     def set_handler(self, handler: EventHandler) -> None:
         self._handler = handler
+
+    def set_resync(self, callback: Callable[[], None]) -> None:
+        self._resync = callback
 
     @abc.abstractmethod
     async def open(self) -> None: ...
