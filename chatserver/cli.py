@@ -66,9 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.source}: OK")
         return 0
     if command == "serve":
-        from chatserver import daemon, log
+        from chatserver import daemon, log, supervisor
 
         log.configure(config.log)
+        if config.server.processes > 1:
+            return supervisor.run(config)
         return daemon.run(config)
     action = _ADMIN[(command, getattr(args, "action", None))]
     try:

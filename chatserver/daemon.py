@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
@@ -36,11 +37,12 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
-def run(config: Config) -> int:
-    return uvloop.run(serve(config))
+def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. `on_ready` replaces READY=1 (a supervised worker)."""
+    return uvloop.run(serve(config, on_ready))
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> int:
     server = config.server
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -59,11 +61,18 @@ async def serve(config: Config) -> int:
         await runner.cleanup()
         return 1
     log.info("listening on http://%s:%d", server.host, server.port)
-    sd_notify("READY=1")
+    if on_ready is None:
+        sd_notify("READY=1")
+    else:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default would kill the daemon; configuration reload is not implemented yet,
+    # so a stray `systemctl reload` must be harmless.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP ignored: reload is "
+                                                              "not supported; restart instead"))
     await stop.wait()
     log.info("shutting down")
     sd_notify("STOPPING=1")

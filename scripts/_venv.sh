@@ -36,3 +36,22 @@ ensure_venv() {  # ensure_venv EXTRAS  (e.g. "test" or "")
   [ -n "$extras" ] && spec="$ROOT[$extras]"
   "$VENV/bin/python" -m pip install -q -e "$spec"
 }
+
+ensure_apt_packages() {  # ensure_apt_packages COMMAND=PACKAGE ...  (installs what is missing)
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd="${pair%%=*}"; pkg="${pair#*=}"
+    command -v "$cmd" >/dev/null 2>&1 || compgen -G "$cmd" >/dev/null || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The packages start their own services; tests never use them (they start throwaway
+    # servers on free ports), so leave them as the package set them up.
+  else
+    echo "missing Debian packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+}
