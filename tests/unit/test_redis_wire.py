@@ -1,0 +1,92 @@
+"""The Redis broker's wire format (`chatserver.broker.redis_wire`): pure encode/decode."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from chatserver.broker.base import Event
+from chatserver.broker.redis_wire import (
+    Channels,
+    Envelope,
+    WireError,
+    decode,
+    encode_event,
+    encode_resync,
+)
+
+EVENTS = [
+    Event("message", "general", b'{"op":"message","seq":3}', seq=3, user="alice"),
+    Event("typing", "general", b'{"op":"typing"}', user="bob"),
+    Event("stream", "dev-ops_2", b'{"op":"stream_delta","text":"x"}'),
+    Event("presence", "", b'{"op":"presence"}', user="carol", rooms=("a", "b")),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.kind)
+def test_every_event_kind_round_trips(event: Event) -> None:
+    """Decoding an encoded event gives back the same event and its origin."""
+    assert decode(encode_event(event, "inst-1")) == Envelope("inst-1", event)
+
+
+def test_frame_bytes_are_carried_unchanged() -> None:
+    """The frame follows the header line byte for byte, newlines and binary included."""
+    frame = b"line\nbreak\n\n\x00\xff" + "\u2603".encode()
+    payload = encode_event(Event("message", "r", frame, seq=1), "i")
+    assert payload.endswith(b"\n" + frame)
+    envelope = decode(payload)
+    assert envelope.event is not None and envelope.event.frame == frame
+
+
+def test_empty_frame_round_trips() -> None:
+    """An empty frame is still an event."""
+    envelope = decode(encode_event(Event("typing", "r", b""), "i"))
+    assert envelope.event == Event("typing", "r", b"")
+
+
+def test_header_is_one_compact_json_line_without_defaults() -> None:
+    """The header is JSON on one line and leaves out fields at their defaults."""
+    payload = encode_event(Event("typing", "general", b"{}"), "i")
+    head, _, _ = payload.partition(b"\n")
+    assert orjson.loads(head) == {"v": 1, "k": "typing", "o": "i", "r": "general"}
+
+
+def test_resync_request_round_trips() -> None:
+    """A resync request decodes to its origin and no event."""
+    assert decode(encode_resync("inst-9")) == Envelope("inst-9", None)
+
+
+def test_channels() -> None:
+    """Room events go to their room's channel, presence events to the presence channel."""
+    channels = Channels(0)
+    assert channels.room("general") == b"chat:0:room:general"
+    assert channels.of(EVENTS[0]) == b"chat:0:room:general"
+    assert channels.of(EVENTS[3]) == channels.presence == b"chat:0:presence"
+
+
+def test_channel_names_carry_the_database() -> None:
+    """Clusters on different databases of one server publish on different channels."""
+    assert Channels(3).room("general") == b"chat:3:room:general"
+    assert Channels(3).presence != Channels(0).presence
+
+
+@pytest.mark.parametrize("payload", [
+    b"no header line",
+    b"not json\n{}",
+    b"[1,2]\n{}",
+    b'{"v":2,"k":"message","o":"i","r":"r"}\n{}',
+    b'{"k":"message","o":"i","r":"r"}\n{}',
+    b'{"v":1,"k":"shout","o":"i","r":"r"}\n{}',
+    b'{"v":1,"k":"message","r":"r"}\n{}',
+    b'{"v":1,"k":"message","o":"","r":"r"}\n{}',
+    b'{"v":1,"k":"message","o":"i","r":5}\n{}',
+    b'{"v":1,"k":"message","o":"i","r":"r","s":"7"}\n{}',
+    b'{"v":1,"k":"message","o":"i","r":"r","s":true}\n{}',
+    b'{"v":1,"k":"presence","o":"i","r":"","rs":"general"}\n{}',
+    b'{"v":1,"k":"presence","o":"i","r":"","rs":[1]}\n{}',
+    b'{"v":1,"k":"typing","o":"i","r":"r","u":null}\n{}',
+], ids=lambda p: p[:40].decode(errors="replace"))
+def test_unreadable_payloads_raise_wire_error(payload: bytes) -> None:
+    """Anything that is not a well-formed version-1 payload raises WireError."""
+    with pytest.raises(WireError):
+        decode(payload)
