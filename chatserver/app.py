@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -41,14 +41,26 @@ def make_store(config: StoreConfig) -> Store:
         from chatserver.store.sqlite import SqliteStore
 
         return SqliteStore(config.path)
+    if config.backend == "postgres":
+        from chatserver.store.postgres import PostgresStore
+
+        return PostgresStore(config.dsn, pool_size=config.pool_size)
     raise ValueError(f"store backend {config.backend!r} is not available in this build")
 
 
-def make_broker(config: BrokerConfig) -> Broker:
+def make_broker(config: BrokerConfig, *, instance_id: str,
+                rooms_of_user: Callable[[str], Awaitable[Sequence[str]]] | None = None
+                ) -> Broker:
+    """`rooms_of_user(name)`: the user's room names, for presence the broker finds itself
+    (a crashed instance's users going offline)."""
     if config.backend == "memory":
         from chatserver.broker.memory import MemoryBroker
 
         return MemoryBroker()
+    if config.backend == "redis":
+        from chatserver.broker.redis import RedisBroker
+
+        return RedisBroker(config.url, instance_id=instance_id, rooms_of_user=rooms_of_user)
     raise ValueError(f"broker backend {config.backend!r} is not available in this build")
 
 
@@ -85,7 +97,13 @@ def _running_instance(
             store = make_store(config.store)
             await store.open()
             stack.push_async_callback(store.close)
-            broker = make_broker(config.broker)
+
+            async def rooms_of_user(name: str) -> list[str]:
+                user = await store.get_user(name)
+                return [] if user is None else await store.rooms_of_user(user.id)
+
+            broker = make_broker(config.broker, instance_id=instance_id,
+                                 rooms_of_user=rooms_of_user)
             await broker.open()
             stack.push_async_callback(broker.close)
             ctx = build_context(config, instance_id, store, broker, executors)

@@ -33,6 +33,7 @@ class StoreConfig:
     backend: str = "sqlite"
     path: str = "chatserver.db"
     dsn: str = ""
+    pool_size: int = 10  # postgres: connections per server process
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,8 @@ def _check_values(config: Config, source: str) -> None:
         )
     if store.backend == "sqlite" and not store.path:
         fail("[store] path", 'must not be empty with [store] backend = "sqlite" (a file name)')
+    if not 1 <= store.pool_size <= 1000:
+        fail("[store] pool_size", f"must be 1..1000, got {store.pool_size}")
     if store.backend == "postgres" and not store.dsn.startswith(_POSTGRES_SCHEMES):
         fail(
             "[store] dsn",

@@ -16,26 +16,33 @@ import pytest
 
 from chatserver.store.base import Store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 class StoreFactory(Protocol):
     def __call__(self, *, max_pending_writes: int = ..., batch_max: int = ...) -> Store: ...
 
 
-def _builder(backend: str, tmp_path: Path) -> Callable[..., Store]:
+def _builder(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Store]:
     if backend == "sqlite":
         from chatserver.store.sqlite import SqliteStore
 
         path = str(tmp_path / "chat.db")
         return lambda **options: SqliteStore(path, **options)
+    if backend == "postgres":
+        from chatserver.store.postgres import PostgresStore
+
+        # Asked for only here, so SQLite runs never start PostgreSQL: a fresh database per test
+        # on the session's throwaway server (tests/services/postgres.py).
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return lambda **options: PostgresStore(dsn, **options)
     raise AssertionError(f"no builder for backend {backend!r}")
 
 
 @pytest.fixture(params=BACKENDS)
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Builds unopened stores on one fresh storage; closes whatever a test left open."""
-    build = _builder(request.param, tmp_path)
+    build = _builder(request.param, request, tmp_path)
     made: list[Store] = []
 
     def make(**options: int) -> Store:

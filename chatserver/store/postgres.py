@@ -1,0 +1,470 @@
+"""The PostgreSQL store: several server instances (processes, hosts) share one database.
+
+Message appends are group-committed by `postgres_writer.PostgresWriter`: one statement and one
+transaction per batch, seqs allocated under the room rows' locks, so instances writing to the
+same room stay gap-free. Every other write is rare and runs as one awaited statement (atomic on
+its own); reads run on the asyncpg pool. The event loop never blocks: asyncpg is asynchronous.
+
+Unreachable database: every operation raises `StoreUnavailable` within `timeout` seconds
+(getting a connection, connecting included, and running the statement share that budget; a
+connection that timed out is closed, not cancelled). Appends queued behind a batch that found the
+database unreachable fail at once rather than wait their own timeout. When PostgreSQL returns,
+the pool connects afresh on the next acquire and the writer keeps serving: no restart.
+
+Ordering by name uses the "C" collation, so listings sort bytewise like SQLite whatever the
+database's default collation is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import asyncpg  # type: ignore[import-untyped]  # no py.typed: asyncpg objects are Any here
+
+from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from chatserver.store.base import (
+    NewMessage,
+    Room,
+    RoomKind,
+    RoomListing,
+    Store,
+    StoredMessage,
+    TokenInfo,
+    TokenKind,
+    User,
+    format_ts,
+)
+from chatserver.store.postgres_writer import (
+    DATA_ERRORS,
+    PG_ERRORS,
+    UNREACHABLE,
+    UNSTORABLE,
+    PostgresWriter,
+    WriterStats,
+    acquire,
+    apply_migrations,
+    unavailable,
+)
+
+# The same direct-room names on both backends: a database moved between them keeps its rooms.
+from chatserver.store.sqlite import direct_room_name
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0  # seconds: connect, acquire and statement bound while the DB is away
+
+_USER = "u.id, u.name, u.is_admin, u.disabled, u.is_bot"
+_ROOM = "r.id, r.name, r.kind, r.created_by"
+_MESSAGE = "m.seq, m.id, m.user_name, m.text, m.html, m.ts, m.stream, m.aborted, r.name"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _user(row: Any) -> User:
+    return User(id=row[0], name=row[1], is_admin=row[2], disabled=row[3], is_bot=row[4])
+
+
+def _room(row: Any) -> Room:
+    return Room(id=row[0], name=row[1], kind=cast(RoomKind, row[2]), created_by=row[3])
+
+
+def _message(row: Any) -> StoredMessage:
+    return StoredMessage(
+        room=row[8],
+        seq=row[0],
+        id=row[1],
+        user=row[2],
+        text=row[3],
+        html=row[4],
+        ts=format_ts(row[5]),
+        stream=row[6],
+        aborted=row[7],
+    )
+
+
+async def _no_reset(conn: Any) -> None:
+    """Pool release hook: nothing to reset.
+
+    asyncpg's default reset costs a round trip per release; this store never leaves session
+    state behind (no LISTEN, no SET, advisory locks only transaction-scoped), and asyncpg still
+    rolls back an open transaction itself before calling this.
+    """
+
+
+class PostgresStore(Store):
+    """`Store` on a PostgreSQL database (asyncpg). `stats` exposes the writer's counters.
+
+    `pool_size` caps the connections of this instance: one is the writer's, the others serve
+    reads (with `pool_size=1` both share one). `timeout` bounds connecting, waiting for a
+    connection and each statement, in seconds.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        max_pending_writes: int = 10000,
+        batch_max: int = 512,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be more than 0 seconds")
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._max_pending_writes = max_pending_writes
+        self._batch_max = batch_max
+        self._timeout = timeout
+        self._pool: Any = None  # readers and the rare non-message writes
+        self._pools: list[Any] = []  # every pool to close: the readers' and the writer's
+        self._writer: PostgresWriter | None = None
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def stats(self) -> WriterStats:
+        return self._writer.stats if self._writer is not None else WriterStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pools or self._closing is not None:
+            raise RuntimeError("a PostgresStore opens once")
+        await self.migrate()
+        if self._pool_size == 1:
+            writer_pool = self._pool = await self._make_pool(1)
+            self._pools = [self._pool]
+        else:
+            # The writer's connection is its own, so appends never queue behind a burst of
+            # reads for one; the readers (and the rare account and room writes) get the rest.
+            self._pool = await self._make_pool(self._pool_size - 1)
+            writer_pool = await self._make_pool(1)
+            self._pools = [self._pool, writer_pool]
+        self._writer = PostgresWriter(
+            writer_pool,
+            max_pending=self._max_pending_writes,
+            batch_max=self._batch_max,
+            timeout=self._timeout,
+        )
+        self._writer.start()
+
+    async def _make_pool(self, size: int) -> Any:
+        # min_size=0: connections are made on demand, so this does no I/O and cannot fail on
+        # an outage. With a floor, asyncpg would also reconnect in the background during an
+        # outage and log a traceback at every retry.
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=size,
+            timeout=self._timeout,  # connect; `acquire` bounds the rest
+            reset=_no_reset,
+            server_settings={"application_name": "chatserver"},
+        )
+
+    async def migrate(self) -> list[int]:
+        # A connection of its own, like any other process would use: works before open() (the
+        # CLI's `migrate`) and while the store runs. No statement timeout: a migration may
+        # legitimately run long, or wait for another instance's.
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        except ValueError as exc:  # asyncpg's ClientConfigurationError is one too
+            # A configuration mistake, not an outage: say what is wrong with the DSN.
+            raise ValueError(f"the PostgreSQL dsn is not valid: {exc}") from None
+        except PG_ERRORS as exc:
+            raise unavailable(exc) from exc
+        try:
+            return await apply_migrations(conn)
+        except PG_ERRORS as exc:
+            raise unavailable(exc) from exc
+        finally:
+            try:
+                await conn.close(timeout=self._timeout)
+            except PG_ERRORS:
+                conn.terminate()
+
+    async def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        # Shielded: a caller cancelled mid-close must not leave the writer half drained.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+        await asyncio.gather(*(self._close_pool(pool) for pool in self._pools))
+
+    async def _close_pool(self, pool: Any) -> None:
+        try:
+            # Waits for reads in flight to give their connections back, within bounds.
+            await asyncio.wait_for(pool.close(), self._timeout)
+        except PG_ERRORS:  # TimeoutError included
+            pool.terminate()
+
+    async def ping(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreUnavailable("the message store is not accepting writes")
+        await self._run(lambda c: c.fetchval("SELECT 1"))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `fn` on a pooled connection within the timeout, mapping errors.
+
+        Unique and foreign-key violations pass through as asyncpg errors for `_write` to name;
+        a value PostgreSQL cannot store is `BadRequest`; any other trouble `StoreUnavailable`.
+        """
+        if self._pool is None or self._closing is not None:
+            raise StoreUnavailable("the message store is not open")
+        try:
+            async with acquire(self._pool, self._timeout) as conn:
+                return await fn(conn)
+        except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+            raise
+        except DATA_ERRORS:
+            raise BadRequest(UNSTORABLE) from None
+        except PG_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def _write(
+        self, fn: Callable[[Any], Awaitable[T]], *, conflict: str = "", not_found: str = ""
+    ) -> T:
+        """Run a one-statement write: a unique violation is `Conflict`, a missing row NotFound."""
+        try:
+            return await self._run(fn)
+        except asyncpg.UniqueViolationError as exc:
+            if conflict:
+                raise Conflict(conflict) from None
+            raise unavailable(exc) from exc
+        except asyncpg.ForeignKeyViolationError as exc:
+            if not_found:
+                raise NotFound(not_found) from None
+            raise unavailable(exc) from exc
+
+    # -- users and tokens ------------------------------------------------------------------
+
+    async def create_user(
+        self, name: str, password_hash: str, *, is_admin: bool = False, is_bot: bool = False
+    ) -> User:
+        user_id = await self._write(
+            lambda c: c.fetchval(
+                "INSERT INTO users (name, password_hash, is_admin, is_bot, created_at)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                name, password_hash, is_admin, is_bot, _now_ms(),
+            ),
+            conflict=f"the user name {name!r} is taken",
+        )
+        return User(id=user_id, name=name, is_admin=is_admin, is_bot=is_bot)
+
+    async def get_user(self, name: str) -> User | None:
+        row = await self._run(
+            lambda c: c.fetchrow(f"SELECT {_USER} FROM users u WHERE name = $1", name)
+        )
+        return _user(row) if row else None
+
+    async def get_password_hash(self, name: str) -> tuple[User, str] | None:
+        sql = f"SELECT {_USER}, u.password_hash FROM users u WHERE name = $1"
+        row = await self._run(lambda c: c.fetchrow(sql, name))
+        return (_user(row), row[5]) if row else None
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        found = await self._write(
+            lambda c: c.fetchval(
+                "UPDATE users SET password_hash = $1 WHERE id = $2 RETURNING id",
+                password_hash, user_id,
+            )
+        )
+        if found is None:
+            raise NotFound("no such user")
+
+    async def set_disabled(self, name: str, disabled: bool) -> User:
+        row = await self._write(
+            lambda c: c.fetchrow(
+                "UPDATE users SET disabled = $1 WHERE name = $2"
+                " RETURNING id, name, is_admin, disabled, is_bot",
+                disabled, name,
+            )
+        )
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return _user(row)
+
+    async def count_users(self) -> int:
+        return int(await self._run(lambda c: c.fetchval("SELECT count(*) FROM users")))
+
+    async def add_token(self, user_id: int, token_hash: str, kind: TokenKind) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO tokens (hash, user_id, kind, created_at) VALUES ($1, $2, $3, $4)",
+                token_hash, user_id, kind, _now_ms(),
+            ),
+            conflict="that token already exists",
+            not_found="no such user",
+        )
+
+    async def token_info(self, token_hash: str) -> TokenInfo | None:
+        sql = (
+            f"SELECT {_USER}, t.kind FROM tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.hash = $1 AND t.revoked_at IS NULL"
+        )
+        row = await self._run(lambda c: c.fetchrow(sql, token_hash))
+        if row is None:
+            return None
+        return TokenInfo(user=_user(row), token_hash=token_hash, kind=cast(TokenKind, row[5]))
+
+    async def revoke_token(self, token_hash: str) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE tokens SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL",
+                _now_ms(), token_hash,
+            )
+        )
+
+    # -- rooms ---------------------------------------------------------------------------------
+
+    async def create_room(self, name: str, kind: RoomKind, created_by: int | None) -> Room:
+        # One statement, so the room and its first member are stored together or not at all.
+        room_id = await self._write(
+            lambda c: c.fetchval(
+                "WITH room AS ("
+                "  INSERT INTO rooms (name, kind, created_by, created_at)"
+                "  VALUES ($1, $2, $3, $4) RETURNING id"
+                "), member AS ("
+                "  INSERT INTO members (room_id, user_id, joined_at)"
+                "  SELECT id, $3, $4 FROM room WHERE $3::bigint IS NOT NULL"
+                ") SELECT id FROM room",
+                name, kind, created_by, _now_ms(),
+            ),
+            conflict=f"the room name {name!r} is taken",
+            not_found="no such user",
+        )
+        return Room(id=room_id, name=name, kind=kind, created_by=created_by)
+
+    async def get_room(self, name: str) -> Room | None:
+        row = await self._run(
+            lambda c: c.fetchrow(f"SELECT {_ROOM} FROM rooms r WHERE name = $1", name)
+        )
+        return _room(row) if row else None
+
+    async def direct_room(self, a: User, b: User) -> Room:
+        lo, hi = sorted((a.id, b.id))
+        key = f"{lo}:{hi}"
+        select = f"SELECT {_ROOM} FROM rooms r WHERE direct_key = $1"
+        row = await self._run(lambda c: c.fetchrow(select, key))
+        if row is not None:  # most calls: the room exists
+            return _room(row)
+        # ON CONFLICT without a target covers every unique index: a racing call (or instance)
+        # inserting the same key (or name) makes this one wait for it, then do nothing.
+        await self._write(
+            lambda c: c.execute(
+                "WITH room AS ("
+                "  INSERT INTO rooms (name, kind, created_by, created_at, direct_key)"
+                "  VALUES ($1, 'direct', $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id"
+                ") INSERT INTO members (room_id, user_id, joined_at)"
+                " SELECT DISTINCT room.id, u, $3 FROM room, unnest($5::bigint[]) AS u",
+                direct_room_name(lo, hi), a.id, _now_ms(), key, [lo, hi],
+            ),
+            not_found="no such user",
+        )
+        # A new statement sees the row whichever call committed it.
+        row = await self._run(lambda c: c.fetchrow(select, key))
+        if row is None:
+            raise Conflict("the direct room's name is taken by another room")
+        return _room(row)
+
+    async def add_member(self, room_id: int, user_id: int) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO members (room_id, user_id, joined_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                room_id, user_id, _now_ms(),
+            ),
+            not_found="no such room or user",
+        )
+
+    async def is_member(self, room_id: int, user_id: int) -> bool:
+        sql = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"
+        return await self._run(lambda c: c.fetchval(sql, room_id, user_id)) is not None
+
+    async def member_names(self, room_id: int) -> list[str]:
+        sql = (
+            "SELECT u.name FROM members m JOIN users u ON u.id = m.user_id"
+            ' WHERE m.room_id = $1 ORDER BY u.name COLLATE "C"'
+        )
+        rows = await self._run(lambda c: c.fetch(sql, room_id))
+        return [row[0] for row in rows]
+
+    async def rooms_of_user(self, user_id: int) -> list[str]:
+        sql = (
+            "SELECT r.name FROM members m JOIN rooms r ON r.id = m.room_id"
+            ' WHERE m.user_id = $1 ORDER BY r.name COLLATE "C"'
+        )
+        rows = await self._run(lambda c: c.fetch(sql, user_id))
+        return [row[0] for row in rows]
+
+    async def rooms_visible_to(self, user_id: int) -> list[RoomListing]:
+        # One statement, so the rooms and the direct rooms' members come from one snapshot.
+        sql = (
+            f"SELECT {_ROOM}, r.last_seq, m.user_id IS NOT NULL,"
+            "  CASE WHEN r.kind = 'direct' THEN ARRAY("
+            "    SELECT u.name FROM members o JOIN users u ON u.id = o.user_id"
+            '    WHERE o.room_id = r.id ORDER BY u.name COLLATE "C") END'
+            " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $1"
+            " WHERE r.kind = 'public' OR m.user_id IS NOT NULL"
+            ' ORDER BY r.name COLLATE "C"'
+        )
+        rows = await self._run(lambda c: c.fetch(sql, user_id))
+        return [
+            RoomListing(
+                room=_room(row), member=row[5], last_seq=row[4], members=tuple(row[6] or ())
+            )
+            for row in rows
+        ]
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def append_message(self, message: NewMessage) -> StoredMessage:
+        if self._writer is None or self._closing is not None:
+            raise StoreUnavailable("the message store is not open")
+        fields = (message.text, message.html, message.user, message.stream or "")
+        if any("\x00" in field for field in fields):
+            # PostgreSQL text cannot hold NUL. Refused here, it cannot fail a whole batch.
+            raise BadRequest("the message contains a NUL character, which cannot be stored")
+        return await self._writer.submit(message)
+
+    async def messages_after(self, room_id: int, after: int, limit: int) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        sql = (
+            f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
+            " WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"
+        )
+        rows = await self._run(lambda c: c.fetch(sql, room_id, after, limit))
+        return [_message(row) for row in rows]
+
+    async def messages_before(
+        self, room_id: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        bound = before if before is not None else 1 << 62
+        sql = (
+            f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
+            " WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+        )
+        rows = await self._run(lambda c: c.fetch(sql, room_id, bound, limit))
+        return [_message(row) for row in reversed(rows)]
+
+    async def latest_seq(self, room_id: int) -> int:
+        value = await self._run(
+            lambda c: c.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id)
+        )
+        return int(value) if value is not None else 0
+
+
+__all__ = ["DEFAULT_TIMEOUT", "UNREACHABLE", "PostgresStore", "WriterStats", "direct_room_name"]
