@@ -175,6 +175,8 @@ def check_text(text: str, max_bytes: int) -> str:
     """Validate message text for every path (WebSocket, HTTP): 1..max_bytes UTF-8 bytes."""
     if not text:
         raise BadRequest("'text' must not be empty")
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL; refuse it on every backend alike
+        raise BadRequest("'text' must not contain NUL characters")
     # len(str) bounds the UTF-8 size from below; encode only when it could be over.
     if len(text) * 4 > max_bytes:
         try:

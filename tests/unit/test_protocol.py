@@ -69,6 +69,7 @@ def test_each_op_parses_to_its_command(frame: str, expected: object) -> None:
         ('{"op":"ping","ref":"' + "r" * 65 + '"}', "bad_request", None),
         ('{"op":"stream_delta","stream":"","text":"x"}', "bad_request", None),
         ('{"op":"send","room":"r","text":"\\ud800"}', "bad_request", None),
+    ('{"op":"send","room":"r","text":"a\\u0000b"}', "bad_request", None),
     ],
 )
 def test_bad_frames_raise_the_matching_code(frame: str, code: str, ref: str | None) -> None:
