@@ -132,7 +132,7 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
     messages = MessageService(store, broker, executors)
     streams = Streams(broker, messages, idle_seconds=limits.stream_idle,
                       max_bytes=limits.max_message_bytes)
-    hub.set_active_streams(streams.active_frames)
+    hub.set_streams(streams.active_frames, streams.observe)
     metrics = Metrics()
     ctx = ChatContext(
         config=config, instance_id=instance_id, store=store, broker=broker,

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from chatserver import handlers, protocol
 from chatserver.app_keys import CONTEXT
 from chatserver.auth import authenticate
-from chatserver.broker.base import Event
+from chatserver.broker.base import presence_event
 from chatserver.context import ChatContext
 from chatserver.errors import ChatError, CloseCode
 from chatserver.outbox import Outbox
@@ -147,8 +147,7 @@ async def _announce(ctx: ChatContext, session: Session, *, online: bool) -> None
         log.warning("presence for %s not announced: %s", user.name, error.message)
         return
     status = "online" if online else "offline"
-    frame = protocol.encode({"op": "presence", "user": user.name, "status": status})
-    ctx.broker.publish(Event("presence", "", frame, user=user.name, rooms=rooms))
+    ctx.broker.publish(presence_event(user.name, status, rooms))
 
 
 async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None],

@@ -159,8 +159,9 @@ async def on_typing(ctx: ChatContext, session: Session, cmd: Typing) -> None:
     room = await _room_for(ctx, session, cmd.room)
     if not session.typing_allowed(room.name, asyncio.get_running_loop().time()):
         return
-    frame = protocol.encode({"op": "typing", "room": room.name, "user": session.user.name})
-    ctx.broker.publish(Event("typing", room.name, frame, user=session.user.name))
+    user = session.user.name
+    frame = protocol.encode({"op": "typing", "room": room.name, "user": user})
+    ctx.broker.publish(Event("typing", room.name, frame, user=user, key=f"t:{room.name}:{user}"))
 
 
 async def on_stream_start(ctx: ChatContext, session: Session, cmd: StreamStart) -> None:

@@ -53,6 +53,7 @@ class JoinResult:
 
 
 ActiveStreams = Callable[[str], list[bytes]]
+StreamWatcher = Callable[[Event], None]
 
 
 class Hub:
@@ -62,6 +63,7 @@ class Hub:
         self.replay_max = replay_max
         self._rooms: dict[str, dict[str, Subscription]] = {}
         self._active_streams: ActiveStreams = lambda room: []
+        self._watch_streams: StreamWatcher = lambda event: None
         # Rooms the broker is subscribed to, and subscribes in flight that later joiners of the
         # same room wait for (a joiner must not go live before events of the room can arrive).
         self._subscribed: set[str] = set()
@@ -72,9 +74,11 @@ class Hub:
         broker.set_handler(self.deliver)
         broker.set_resync(self.resync_all)
 
-    def set_active_streams(self, provider: ActiveStreams) -> None:
-        """Where a joiner going live gets the streams in progress (text so far)."""
+    def set_streams(self, provider: ActiveStreams, watcher: StreamWatcher) -> None:
+        """Where a joiner going live gets the streams in progress (text so far), and who
+        watches stream events to know them."""
         self._active_streams = provider
+        self._watch_streams = watcher
 
     def subscribers(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
@@ -94,13 +98,23 @@ class Hub:
         if event.kind == "message":
             for sub in subs.values():
                 self._offer(sub, event)
+            if event.key:
+                self._watch_streams(event)
             return
-        frame = event.frame
+        if event.kind == "stream":
+            self._watch_streams(event)
+        frame, key = event.frame, event.key
         skip_user = event.user if event.kind == "typing" else None
         count = 0
         for sub in subs.values():
             if sub.live and sub.user != skip_user:
-                sub.outbox.enqueue(frame)
+                outbox = sub.outbox
+                if not key:
+                    outbox.enqueue(frame)
+                elif event.kind == "stream":
+                    outbox.enqueue_delta(frame, key)
+                else:
+                    outbox.enqueue_ephemeral(frame, key)
                 count += 1
         self.deliveries += count
 
@@ -131,7 +145,7 @@ class Hub:
                 if conn_id in seen or not sub.live or sub.user == event.user:
                     continue
                 seen.add(conn_id)
-                sub.outbox.enqueue(event.frame)
+                sub.outbox.enqueue_ephemeral(event.frame, event.key or f"p:{event.user}")
 
     # -- joining and leaving -----------------------------------------------------------------
 

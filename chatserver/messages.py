@@ -35,8 +35,11 @@ class MessageService:
         self.stored += 1
         if on_durable is not None:
             on_durable(stored)
+        # A stream's final message carries "e:<stream>" so instances mirroring the stream
+        # forget it (see Streams.observe).
         self.broker.publish(
-            Event("message", stored.room, protocol.message_frame(stored), seq=stored.seq)
+            Event("message", stored.room, protocol.message_frame(stored), seq=stored.seq,
+                  key=f"e:{stored.stream}" if stored.stream else "")
         )
         return stored
 

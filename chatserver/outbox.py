@@ -1,10 +1,20 @@
 """A connection's bounded queue of encoded frames, and the one writer task that owns the socket.
 
-Everyone else only calls `enqueue`, which never waits: fan-out to a thousand connections is a
+Everyone else only enqueues, which never waits: fan-out to a thousand connections is a
 thousand appends. The writer flushes frames in order, in batches, yielding to the loop between
-batches so one busy connection cannot starve the others. The queue is bounded in bytes
-(`limits.send_queue_bytes`): a connection that cannot keep up is evicted with 1013 rather than
-allowed to grow the server's memory or delay anyone else.
+batches so one busy connection cannot starve the others.
+
+The queue is bounded in bytes (`limits.send_queue_bytes`). A reader that falls behind goes
+through stages, all measured in bytes queued for it:
+
+1. always: a queued `typing` or `presence` frame is superseded by the next one with the same
+   key (only the latest state matters);
+2. past `coalesce_above`: a stream delta joins the still-unsent delta of the same stream, so
+   a slow reader gets fewer, larger deltas — never reordered, never lost;
+3. past `shed_above`: new `typing` and `presence` frames are dropped;
+4. past the bound: the connection is evicted with 1013.
+
+Chat messages are never dropped for a connection that stays open.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from collections import deque
 from typing import Protocol
 
 from chatserver.errors import CloseCode
+from chatserver.protocol import join_stream_deltas
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +47,31 @@ class FrameSink(Protocol):
         ...
 
 
+class _Entry:
+    """A queued frame; `key` set when a later frame may join it or replace it."""
+
+    __slots__ = ("frame", "key")
+
+    def __init__(self, frame: bytes, key: str = "") -> None:
+        self.frame = frame
+        self.key = key
+
+
 class Outbox:
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
+        self.coalesce_above = min(64 * 1024, limit_bytes // 4)
+        self.shed_above = limit_bytes // 2
         self.queued_bytes = 0
         self.frames_out = 0
         self.bytes_out = 0
+        self.coalesced = 0  # deltas joined into a queued one
+        self.superseded = 0  # typing/presence frames replaced by a newer one
+        self.shed = 0  # typing/presence frames dropped under pressure
         self.close_code: int | None = None
         self.close_reason = ""
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[_Entry] = deque()
+        self._keyed: dict[str, _Entry] = {}  # queued entries that a later frame may touch
         self._wakeup = asyncio.Event()
         self._closing = False
         self._flush_before_close = True
@@ -66,11 +93,55 @@ class Outbox:
         """Queue one encoded frame; False if the connection is closing or was just evicted."""
         if self._closing:
             return False
-        size = len(frame)
+        return self._append(_Entry(frame))
+
+    def enqueue_ephemeral(self, frame: bytes, key: str) -> bool:
+        """Queue a `typing`/`presence` frame: it replaces a queued one with the same key, and
+        is dropped when the reader is past `shed_above`."""
+        if self._closing:
+            return False
+        queued = self._keyed.get(key)
+        if queued is not None:
+            self.queued_bytes += len(frame) - len(queued.frame)
+            queued.frame = frame
+            self.superseded += 1
+            return True
+        if self.queued_bytes > self.shed_above:
+            self.shed += 1
+            return False
+        entry = _Entry(frame, key)
+        if not self._append(entry):
+            return False
+        self._keyed[key] = entry
+        return True
+
+    def enqueue_delta(self, frame: bytes, key: str) -> bool:
+        """Queue a stream delta; past `coalesce_above` it joins the stream's unsent delta."""
+        if self._closing:
+            return False
+        queued = self._keyed.get(key)
+        if queued is not None and self.queued_bytes > self.coalesce_above:
+            joined = join_stream_deltas(queued.frame, frame)
+            growth = len(joined) - len(queued.frame)
+            if self.queued_bytes + growth > self.limit_bytes:
+                self._evict()
+                return False
+            queued.frame = joined
+            self.queued_bytes += growth
+            self.coalesced += 1
+            return True
+        entry = _Entry(frame, key)
+        if not self._append(entry):
+            return False
+        self._keyed[key] = entry  # the newest unsent delta is the one later deltas join
+        return True
+
+    def _append(self, entry: _Entry) -> bool:
+        size = len(entry.frame)
         if self.queued_bytes + size > self.limit_bytes:
             self._evict()
             return False
-        self._frames.append(frame)
+        self._frames.append(entry)
         self.queued_bytes += size
         if not self._wakeup.is_set():
             self._wakeup.set()
@@ -109,6 +180,7 @@ class Outbox:
 
     def _drop_queue(self) -> None:
         self._frames.clear()
+        self._keyed.clear()
         self.queued_bytes = 0
 
     async def run(self, sink: FrameSink) -> None:
@@ -145,7 +217,10 @@ class Outbox:
             sent = 0
             sent_bytes = 0
             while frames and sent < BATCH_FRAMES and sent_bytes < BATCH_BYTES:
-                frame = frames.popleft()
+                entry = frames.popleft()
+                if entry.key and self._keyed.get(entry.key) is entry:
+                    del self._keyed[entry.key]  # sent: later frames no longer touch it
+                frame = entry.frame
                 size = len(frame)
                 self.queued_bytes -= size
                 self._in_send = True

@@ -257,6 +257,13 @@ def error_frame_for(error: ChatError, ref: str | None) -> bytes:
     return error_frame(error.code, error.message, ref, **error.extra)
 
 
+def join_stream_deltas(first: bytes, second: bytes) -> bytes:
+    """One `stream_delta` frame carrying the text of two consecutive deltas of one stream."""
+    joined = orjson.loads(first)
+    joined["text"] += orjson.loads(second)["text"]
+    return orjson.dumps(joined)
+
+
 def pong_frame(ref: str | None) -> bytes:
     return orjson.dumps({"op": "pong", "ref": ref, "ts": now_iso()})
 

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from chatserver import protocol
 from chatserver.broker.base import Broker, Event
 from chatserver.errors import Forbidden, NotFound, TooLarge
@@ -39,6 +41,16 @@ class ActiveStream:
         return "".join(self.parts)
 
 
+@dataclass(eq=False, slots=True)
+class RemoteStream:
+    """A stream running on another instance, mirrored from its events for joiners here."""
+
+    room: str
+    user: str
+    last_activity: float
+    parts: list[str] = field(default_factory=list)
+
+
 class Streams:
     def __init__(self, broker: Broker, messages: MessageService, *, idle_seconds: float,
                  max_bytes: int) -> None:
@@ -47,6 +59,7 @@ class Streams:
         self.idle_seconds = idle_seconds
         self.max_bytes = max_bytes
         self._streams: dict[str, ActiveStream] = {}
+        self._remote: dict[str, RemoteStream] = {}
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -81,7 +94,8 @@ class Streams:
         frame = protocol.encode(
             {"op": "stream_delta", "room": stream.room.name, "stream": stream.id, "text": text}
         )
-        self.broker.publish(Event("stream", stream.room.name, frame, user=user.name))
+        self.broker.publish(Event("stream", stream.room.name, frame, user=user.name,
+                                  key=f"d:{stream.id}"))
 
     async def end(self, stream_id: str, user: User, *, on_durable: OnDurable | None = None,
                   on_discarded: Callable[[], None] | None = None) -> StoredMessage | None:
@@ -108,12 +122,43 @@ class Streams:
                                         aborted=aborted, on_durable=on_durable)
 
     def active_frames(self, room: str) -> list[bytes]:
-        """`stream_start` frames with the text so far, for a joiner going live mid-stream."""
-        return [
+        """`stream_start` frames with the text so far, for a joiner going live mid-stream —
+        streams of this instance and, as far as seen, of the others."""
+        frames = [
             protocol.encode({"op": "stream_start", "room": room, "stream": s.id,
                              "user": s.user.name, "text": s.text()})
             for s in self._streams.values() if s.room.name == room
         ]
+        frames += [
+            protocol.encode({"op": "stream_start", "room": room, "stream": stream_id,
+                             "user": r.user, "text": "".join(r.parts)})
+            for stream_id, r in self._remote.items() if r.room == room
+        ]
+        return frames
+
+    def observe(self, event: Event) -> None:
+        """Mirror other instances' streams from the events the hub receives (called for
+        every stream event, and for a message that ends a stream: key "e:<stream>").
+
+        An instance that subscribed to the room mid-stream mirrors from that point on."""
+        if event.kind == "message":
+            self._remote.pop(event.key[2:], None)
+            return
+        frame = orjson.loads(event.frame)
+        stream_id = frame.get("stream")
+        if not isinstance(stream_id, str) or stream_id in self._streams:
+            return  # ours: the registry itself is the truth
+        op = frame.get("op")
+        now = asyncio.get_running_loop().time()
+        if op == "stream_start":
+            self._remote[stream_id] = RemoteStream(event.room, event.user, now)
+        elif op == "stream_delta":
+            remote = self._remote.get(stream_id)
+            if remote is not None:
+                remote.parts.append(frame.get("text", ""))
+                remote.last_activity = now
+        else:
+            self._remote.pop(stream_id, None)
 
     async def abort_connection(self, conn_id: str) -> None:
         for stream in [s for s in self._streams.values() if s.conn_id == conn_id]:
@@ -138,3 +183,8 @@ class Streams:
             deadline = loop.time() - self.idle_seconds
             for stream in [s for s in self._streams.values() if s.last_activity < deadline]:
                 await self._abort(stream, f"idle for over {self.idle_seconds:g} s")
+            # A mirrored stream whose end never arrived (its instance died, or Redis lost the
+            # event): its own instance would have aborted it by now.
+            stale = loop.time() - 2 * self.idle_seconds - SWEEP_INTERVAL
+            for stream_id in [k for k, r in self._remote.items() if r.last_activity < stale]:
+                del self._remote[stream_id]

@@ -26,9 +26,11 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import orjson
 
 EventKind = Literal["message", "typing", "stream", "presence"]
 
@@ -43,9 +45,20 @@ class Event:
     seq: int = 0  # message events: the stored seq
     user: str = ""  # who caused it (typing is not echoed to that user's connections)
     rooms: tuple[str, ...] = ()  # presence events: every room of the user
+    # Back-pressure key: a stream delta's "d:<stream>" (a slow reader's queued deltas with the
+    # same key are joined), a typing or presence event's "t:<room>:<user>" / "p:<user>" (a
+    # queued one is superseded by the next). Empty: the frame must be delivered as it is.
+    key: str = ""
 
 
 EventHandler = Callable[[Event], None]
+
+
+def presence_event(user: str, status: str, rooms: Sequence[str]) -> Event:
+    """The one shape of a presence change, whoever notices it (a connection, or the broker
+    finding a crashed instance's users gone)."""
+    frame = orjson.dumps({"op": "presence", "user": user, "status": status})
+    return Event("presence", "", frame, user=user, rooms=tuple(rooms), key=f"p:{user}")
 
 
 class Broker(abc.ABC):

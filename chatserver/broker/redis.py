@@ -43,8 +43,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from chatserver import protocol
-from chatserver.broker.base import Broker, Event
+from chatserver.broker.base import Broker, Event, presence_event
 from chatserver.broker.redis_presence import RedisPresence
 from chatserver.broker.redis_wire import Channels, WireError, decode, encode_event, encode_resync
 from chatserver.errors import BrokerUnavailable
@@ -453,8 +452,7 @@ class RedisBroker(Broker):
             except Exception:
                 log.exception("presence %s of %s not announced: rooms unknown", status, user)
                 return
-        frame = protocol.encode({"op": "presence", "user": user, "status": status})
-        self.publish(Event("presence", "", frame, user=user, rooms=tuple(rooms)))
+        self.publish(presence_event(user, status, rooms))
 
     def _warn_once(self, key: str, message: str) -> None:
         """Log a problem once until it clears, not once per event while Redis is down."""

@@ -11,7 +11,8 @@ Payload: one header line, then the frame bytes exactly as the publisher encoded 
 The header is compact JSON (orjson never writes a raw newline), so the first b"\\n" ends it and
 everything after it is the frame, passed on unchanged: the frame is encoded once, by the
 publisher, and receivers hand the same bytes to the hub. Keys left out take their defaults
-(`s` 0, `u` "", `rs` []). `rs` lists a presence event's rooms.
+(`s` 0, `u` "", `rs` [], `ky` ""). `rs` lists a presence event's rooms; `ky` is the event's
+back-pressure key.
 
 Besides events, kind `resync` (no frame) tells every other instance that the origin dropped
 events it should have published: receivers re-read their live rooms from the store.
@@ -70,6 +71,8 @@ def encode_event(event: Event, origin: str) -> bytes:
         header["u"] = event.user
     if event.rooms:
         header["rs"] = event.rooms
+    if event.key:
+        header["ky"] = event.key
     return b"".join((orjson.dumps(header), b"\n", event.frame))
 
 
@@ -102,8 +105,10 @@ def decode(payload: bytes) -> Envelope:
     seq = header.get("s", 0)
     user = header.get("u", "")
     rooms = header.get("rs", [])
-    if (not isinstance(room, str) or not isinstance(user, str)
+    key = header.get("ky", "")
+    if (not isinstance(room, str) or not isinstance(user, str) or not isinstance(key, str)
             or not isinstance(seq, int) or isinstance(seq, bool)
             or not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms)):
         raise WireError("mistyped header field")
-    return Envelope(origin, Event(kind, room, frame, seq=seq, user=user, rooms=tuple(rooms)))
+    return Envelope(origin, Event(kind, room, frame, seq=seq, user=user, rooms=tuple(rooms),
+                                  key=key))

@@ -253,3 +253,44 @@ async def test_two_processes_share_the_port_and_deliver_across_each_other(
             codes.append(ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data)
         assert set(codes) == {1001}
         assert await to_thread(a.wait, 20) == 0
+
+
+async def test_joining_mid_stream_on_another_instance_gets_the_text_so_far(
+        cluster: Cluster) -> None:
+    """A stream on instance a is mirrored on instance b: a joiner there gets `stream_start`
+    with the text so far, then the later deltas, then the stored message."""
+    a, b = cluster.daemon("a"), cluster.daemon("b")
+    await asyncio.gather(to_thread(a.start), to_thread(b.start))
+    a.cli_ok("room", "create", "general")
+    tokens = a.add_users("bot", "watcher", "late")
+    async with aiohttp.ClientSession() as http:
+        watcher = await http.ws_connect(b.ws_url, headers=bearer(tokens["watcher"]))
+        bot = await http.ws_connect(a.ws_url, headers=bearer(tokens["bot"]))
+
+        async def next_op(ws: aiohttp.ClientWebSocketResponse, op: str) -> dict[str, Any]:
+            while True:
+                frame = orjson.loads((await asyncio.wait_for(ws.receive(), 20)).data)
+                if frame["op"] == op:
+                    return frame
+
+        await watcher.send_str('{"op":"join","room":"general"}')  # b now mirrors the room
+        await next_op(watcher, "joined")
+        await bot.send_str('{"op":"stream_start","room":"general","ref":"s"}')
+        stream = (await next_op(bot, "ack"))["stream"]
+        for piece in ("Once ", "upon "):
+            await bot.send_str(orjson.dumps({"op": "stream_delta", "stream": stream,
+                                             "text": piece}).decode())
+        for _ in range(2):
+            await next_op(watcher, "stream_delta")  # b has seen both deltas
+        late = await http.ws_connect(b.ws_url, headers=bearer(tokens["late"]))
+        await late.send_str('{"op":"join","room":"general"}')
+        snapshot = await next_op(late, "stream_start")
+        assert snapshot["stream"] == stream and snapshot["text"] == "Once upon "
+        await bot.send_str(orjson.dumps({"op": "stream_delta", "stream": stream,
+                                         "text": "a time"}).decode())
+        assert (await next_op(late, "stream_delta"))["text"] == "a time"
+        await bot.send_str(orjson.dumps({"op": "stream_end", "stream": stream}).decode())
+        final = await next_op(late, "message")
+        assert final["stream"] == stream and final["text"] == "Once upon a time"
+        for ws in (watcher, bot, late):
+            await ws.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from chatserver.outbox import BATCH_FRAMES, Outbox
 
 
@@ -99,3 +101,71 @@ async def test_wait_below_paces_a_backlog_to_the_socket() -> None:
     assert outbox.queued_bytes <= 1000
     outbox.close(1000)
     await asyncio.wait_for(writer, 5)
+
+
+def _delta(text: str, stream: str = "s1") -> bytes:
+    return orjson.dumps({"op": "stream_delta", "room": "r", "stream": stream, "text": text})
+
+
+async def test_queued_typing_and_presence_are_superseded_not_repeated() -> None:
+    """A typing or presence frame still queued is replaced by the next one with its key."""
+    outbox, sink = Outbox(10_000), RecordingSink()
+    outbox.enqueue_ephemeral(b'{"status":"online"}', "p:bob")
+    outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
+    outbox.enqueue_ephemeral(b'{"status":"offline"}', "p:bob")
+    outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
+    writer = asyncio.create_task(outbox.run(sink))
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+    assert sink.frames == [b'{"status":"offline"}', b'{"typing":1}']
+    assert outbox.superseded == 2
+
+
+async def test_past_shed_above_ephemeral_frames_are_dropped_but_messages_kept() -> None:
+    """Under pressure typing/presence frames are shed while chat messages are still queued."""
+    outbox, sink = Outbox(10_000), RecordingSink()
+    sink.stalled.clear()
+    writer = asyncio.create_task(outbox.run(sink))
+    while outbox.queued_bytes <= outbox.shed_above:
+        assert outbox.enqueue(b"m" * 500)
+    assert not outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
+    assert outbox.shed == 1
+    assert outbox.enqueue(b"still a message")
+    sink.stalled.set()
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+    assert sink.frames[-1] == b"still a message" and b'{"typing":1}' not in sink.frames
+
+
+async def test_a_slow_readers_deltas_are_joined_in_order_and_complete() -> None:
+    """Past coalesce_above, deltas of one stream join the unsent one: fewer frames, the same
+    text in the same order, other streams kept apart."""
+    outbox, sink = Outbox(100_000), RecordingSink()
+    sink.stalled.clear()
+    writer = asyncio.create_task(outbox.run(sink))
+    await asyncio.sleep(0)
+    outbox.enqueue(b"x" * (outbox.coalesce_above + 1))  # the reader is behind
+    for i in range(50):
+        outbox.enqueue_delta(_delta(f"{i},"), "d:s1")
+        outbox.enqueue_delta(_delta(f"<{i}>", "s2"), "d:s2")
+    assert outbox.coalesced >= 96
+    sink.stalled.set()
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+    deltas = [orjson.loads(f) for f in sink.frames[1:]]
+    assert len(deltas) <= 4
+    text = {s: "".join(d["text"] for d in deltas if d["stream"] == s) for s in ("s1", "s2")}
+    assert text["s1"] == "".join(f"{i}," for i in range(50))
+    assert text["s2"] == "".join(f"<{i}>" for i in range(50))
+
+
+async def test_a_keeping_up_reader_gets_every_delta_as_sent() -> None:
+    """Below coalesce_above nothing is joined: a fast reader sees each delta frame."""
+    outbox, sink = Outbox(100_000), RecordingSink()
+    for i in range(5):
+        outbox.enqueue_delta(_delta(str(i)), "d:s1")
+    writer = asyncio.create_task(outbox.run(sink))
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+    assert [orjson.loads(f)["text"] for f in sink.frames] == ["0", "1", "2", "3", "4"]
+    assert outbox.coalesced == 0

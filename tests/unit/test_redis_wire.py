@@ -17,9 +17,9 @@ from chatserver.broker.redis_wire import (
 
 EVENTS = [
     Event("message", "general", b'{"op":"message","seq":3}', seq=3, user="alice"),
-    Event("typing", "general", b'{"op":"typing"}', user="bob"),
-    Event("stream", "dev-ops_2", b'{"op":"stream_delta","text":"x"}'),
-    Event("presence", "", b'{"op":"presence"}', user="carol", rooms=("a", "b")),
+    Event("typing", "general", b'{"op":"typing"}', user="bob", key="t:general:bob"),
+    Event("stream", "dev-ops_2", b'{"op":"stream_delta","text":"x"}', key="d:s1"),
+    Event("presence", "", b'{"op":"presence"}', user="carol", rooms=("a", "b"), key="p:carol"),
 ]
 
 
