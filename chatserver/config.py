@@ -65,6 +65,9 @@ class LimitsConfig:
     replay_max: int = 1000
     send_queue_bytes: int = 1048576
     stream_idle: float = 30.0
+    connections_per_user: int = 20  # open WebSockets per user on one instance
+    connections_per_instance: int = 10000
+    rooms_per_connection: int = 500
     rate: RateConfig = field(default_factory=RateConfig)
     login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
@@ -320,7 +323,8 @@ def _check_values(config: Config, source: str) -> None:
             'set [broker] backend = "redis"',
         )
 
-    for key in ("max_message_bytes", "max_frame_bytes", "replay_max", "send_queue_bytes"):
+    for key in ("max_message_bytes", "max_frame_bytes", "replay_max", "send_queue_bytes",
+                "connections_per_user", "connections_per_instance", "rooms_per_connection"):
         value = getattr(limits, key)
         if value < 1:
             fail(f"[limits] {key}", f"must be a positive integer, got {value}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 
 from aiohttp import WSMsgType, web
@@ -17,7 +18,7 @@ from chatserver.app_keys import CONTEXT
 from chatserver.auth import authenticate
 from chatserver.broker.base import presence_event
 from chatserver.context import ChatContext
-from chatserver.errors import ChatError, CloseCode
+from chatserver.errors import ChatError, CloseCode, Unavailable
 from chatserver.outbox import Outbox
 from chatserver.session import Session
 
@@ -67,12 +68,18 @@ class WebSocketSink:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    if ctx.shutting_down:
-        raise web.HTTPServiceUnavailable(
-            text='{"error":"overloaded","message":"server is shutting down"}',
-            content_type="application/json", headers={"Retry-After": "1"})
-    info = await authenticate(ctx, request, websocket=True)
     limits = ctx.config.limits
+    if ctx.shutting_down:
+        raise Unavailable("the server is shutting down; reconnect (elsewhere) shortly",
+                          retry_after=_jittered(1, 5))
+    if len(ctx.connections) >= limits.connections_per_instance:
+        raise Unavailable("this instance is at its connection limit; retry shortly",
+                          retry_after=_jittered(1, 10))
+    info = await authenticate(ctx, request, websocket=True)
+    if ctx.connections.count_of_user(info.user.id) >= limits.connections_per_user:
+        raise Unavailable(f"user {info.user.name!r} already has "
+                          f"{limits.connections_per_user} connections open here; close one",
+                          retry_after=5)
     ws = web.WebSocketResponse(
         heartbeat=ctx.config.server.heartbeat,
         max_msg_size=limits.max_frame_bytes,
@@ -97,6 +104,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         cleanup.add_done_callback(ctx.background.discard)
         await asyncio.shield(cleanup)
     return ws
+
+
+def _jittered(low: float, high: float) -> float:
+    """A Retry-After that spreads a crowd of reconnecting clients over a window."""
+    return random.uniform(low, high)
 
 
 def _hello(ctx: ChatContext, session: Session) -> bytes:

@@ -72,6 +72,14 @@ class Overloaded(ChatError):
     http_status = 503
 
 
+class Unavailable(Overloaded):
+    """Refused before any work (HTTP 503 with Retry-After): shutting down, or a cap reached."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after=round(retry_after, 1))
+        self.retry_after = retry_after
+
+
 class Internal(ChatError):
     code = "internal"
     http_status = 500

@@ -17,7 +17,7 @@ from typing import Any
 from chatserver import protocol
 from chatserver.broker.base import Event
 from chatserver.context import ChatContext
-from chatserver.errors import ChatError, Internal, Overloaded, RateLimited
+from chatserver.errors import ChatError, Internal, Overloaded, RateLimited, TooLarge
 from chatserver.protocol import (
     Command,
     FrameError,
@@ -83,6 +83,9 @@ async def _room_for(ctx: ChatContext, session: Session, name: str) -> Room:
 
 
 async def on_join(ctx: ChatContext, session: Session, cmd: Join) -> None:
+    cap = ctx.config.limits.rooms_per_connection
+    if cmd.room not in session.rooms and len(session.rooms) >= cap:
+        raise TooLarge(f"this connection has joined {cap} rooms, the limit; leave one first")
     room = await ctx.rooms.join(cmd.room, session.user)
     session.rooms[room.name] = room
     try:

@@ -17,7 +17,7 @@ from aiohttp import web
 from chatserver import auth, protocol
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
-from chatserver.errors import BadRequest, ChatError, RateLimited
+from chatserver.errors import BadRequest, ChatError, RateLimited, Unavailable
 from chatserver.handlers import check_send_rate, read_history
 from chatserver.store.base import RoomListing, TokenInfo, User
 
@@ -34,7 +34,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(error: ChatError) -> web.Response:
     headers = None
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         headers = {"Retry-After": str(max(1, round(error.retry_after + 0.5)))}
     body = {"error": error.code, "message": error.message, **error.extra}
     return json_response(body, error.http_status, headers)

@@ -55,6 +55,7 @@ class Connections:
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
         self._by_token: dict[str, set[str]] = {}
+        self._per_user: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -66,9 +67,18 @@ class Connections:
     def add(self, session: Session) -> None:
         self._by_id[session.conn_id] = session
         self._by_token.setdefault(session.token_hash, set()).add(session.conn_id)
+        self._per_user[session.user.id] = self._per_user.get(session.user.id, 0) + 1
+
+    def count_of_user(self, user_id: int) -> int:
+        return self._per_user.get(user_id, 0)
 
     def remove(self, session: Session) -> None:
-        self._by_id.pop(session.conn_id, None)
+        if self._by_id.pop(session.conn_id, None) is not None:
+            left = self._per_user.get(session.user.id, 1) - 1
+            if left:
+                self._per_user[session.user.id] = left
+            else:
+                self._per_user.pop(session.user.id, None)
         ids = self._by_token.get(session.token_hash)
         if ids is not None:
             ids.discard(session.conn_id)
@@ -77,9 +87,6 @@ class Connections:
 
     def with_token(self, token_hash: str) -> list[Session]:
         return [self._by_id[i] for i in self._by_token.get(token_hash, ()) if i in self._by_id]
-
-    def of_user(self, user_id: int) -> list[Session]:
-        return [s for s in self._by_id.values() if s.user.id == user_id]
 
     def queued_bytes(self) -> list[int]:
         return [s.outbox.queued_bytes for s in self._by_id.values()]

@@ -33,6 +33,7 @@ FRAME_TIMEOUT = 5.0
 def make_config(tmp_path: Path, *, server: ServerConfig | None = None, **limits: Any
                 ) -> Config:
     rate = limits.pop("rate", RateConfig(per_second=1000, burst=1000))
+    limits.setdefault("connections_per_user", 1000)  # tests open many sockets as one user
     return Config(
         server=server or ServerConfig(),
         store=StoreConfig(path=str(tmp_path / "chat.db")),
