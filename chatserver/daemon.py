@@ -12,15 +12,18 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from typing import Protocol
 
 import uvloop
 from aiohttp import web
 
 from chatserver.app import create_app
+from chatserver.app_keys import CONTEXT
 from chatserver.config import Config
 
 log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates when systemd set no watchdog
 
 
 def sd_notify(message: str) -> None:
@@ -37,12 +40,70 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
-def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT. `on_ready` replaces READY=1 (a supervised worker)."""
-    return uvloop.run(serve(config, on_ready))
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec for this process, or None when no watchdog is set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.1, int(usec) / 2_000_000)
+    except ValueError:
+        return None
 
 
-async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> int:
+class Notifier(Protocol):
+    """Where the daemon reports its life: systemd itself, or the supervisor's pipe."""
+
+    def ready(self) -> None: ...
+
+    def alive(self, status: str) -> None:
+        """Called from a task on the event loop: a blocked loop stops calling it."""
+        ...
+
+    def stopping(self) -> None: ...
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between `alive` calls; None: nobody is listening."""
+        ...
+
+
+class SystemdNotifier:
+    def __init__(self) -> None:
+        self.interval = watchdog_interval() or (STATUS_INTERVAL if _notify_socket() else None)
+        self._watchdog = watchdog_interval() is not None
+
+    def ready(self) -> None:
+        sd_notify("READY=1")
+
+    def alive(self, status: str) -> None:
+        sd_notify(f"WATCHDOG=1\nSTATUS={status}" if self._watchdog else f"STATUS={status}")
+
+    def stopping(self) -> None:
+        sd_notify("STOPPING=1")
+
+
+def _notify_socket() -> bool:
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
+def run(config: Config, notifier: Notifier | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, reporting to `notifier` (default: systemd)."""
+    return uvloop.run(serve(config, notifier or SystemdNotifier()))
+
+
+async def _report_alive(notifier: Notifier, app: web.Application) -> None:
+    interval = notifier.interval
+    if interval is None:
+        return
+    ctx = app[CONTEXT]
+    while True:
+        notifier.alive(f"{len(ctx.connections)} connections")
+        await asyncio.sleep(interval)
+
+
+async def serve(config: Config, notifier: Notifier) -> int:
     server = config.server
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -61,10 +122,8 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> i
         await runner.cleanup()
         return 1
     log.info("listening on http://%s:%d", server.host, server.port)
-    if on_ready is None:
-        sd_notify("READY=1")
-    else:
-        on_ready()
+    notifier.ready()
+    alive = asyncio.create_task(_report_alive(notifier, app), name="watchdog")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +134,8 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> i
                                                               "not supported; restart instead"))
     await stop.wait()
     log.info("shutting down")
-    sd_notify("STOPPING=1")
+    notifier.stopping()
+    alive.cancel()
     await runner.cleanup()
     log.info("stopped")
     return 0

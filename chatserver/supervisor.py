@@ -4,8 +4,10 @@ The supervisor forks the workers before any event loop or thread exists (forking
 with a running loop is unsafe), so it stays a small synchronous process: it forwards SIGTERM
 and SIGINT to the workers, restarts a worker that dies unexpectedly (with a backoff,
 giving up on one that keeps crashing), and speaks to systemd for the group: READY=1 once every
-worker listens, STOPPING=1 on SIGTERM. Each worker binds the port with SO_REUSEPORT, so the
-kernel spreads new connections across them.
+worker listens, WATCHDOG=1 only while every worker's event loop reports in (each worker writes
+a heartbeat byte to its pipe from a task on its loop), STOPPING=1 on SIGTERM. A worker whose
+loop has not reported for `WORKER_HUNG` seconds is killed and restarted. Each worker binds
+the port with SO_REUSEPORT, so the kernel spreads new connections across them.
 """
 
 from __future__ import annotations
@@ -26,24 +28,49 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 CRASH_WINDOW = 60.0  # seconds: this many crashes in the window and the worker is given up
 MAX_CRASHES = len(RESTART_BACKOFF)
 POLL = 0.1
+HEARTBEAT = 1.0  # seconds between a worker's heartbeats
+WORKER_FRESH = 5.0  # a worker heard from this recently counts as alive for WATCHDOG=1
+WORKER_HUNG = 30.0  # a worker silent this long has a stuck loop: kill and restart it
 
 
 @dataclass
 class _Worker:
     slot: int
     pid: int = 0
+    pipe: int | None = None  # read end: "R" once listening, then "A" per heartbeat
+    last_heard: float = 0.0
     crashes: list[float] = field(default_factory=list)
     restart_at: float | None = None
 
 
-def _run_worker(config: Config, ready_fd: int) -> int:
-    """In the forked child: serve, telling the supervisor through `ready_fd` once listening."""
+class PipeNotifier:
+    """A worker's `daemon.Notifier`: readiness and heartbeats go to the supervisor's pipe."""
 
-    def ready() -> None:
-        os.write(ready_fd, b"R")
-        os.close(ready_fd)
+    interval = HEARTBEAT
 
-    return daemon.run(config, on_ready=ready)
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def _write(self, byte: bytes) -> None:
+        try:
+            os.write(self.fd, byte)
+        except (BlockingIOError, BrokenPipeError):
+            pass  # a full pipe already says "alive"; a broken one means no supervisor
+
+    def ready(self) -> None:
+        self._write(b"R")
+
+    def alive(self, status: str) -> None:
+        self._write(b"A")
+
+    def stopping(self) -> None:
+        return None
+
+
+def _run_worker(config: Config, pipe_fd: int) -> int:
+    """In the forked child: serve, reporting to the supervisor through `pipe_fd`."""
+    return daemon.run(config, PipeNotifier(pipe_fd))
 
 
 class Supervisor:
@@ -70,6 +97,8 @@ class Supervisor:
                 os._exit(code)
         os.close(write_fd)
         worker.pid = pid
+        worker.pipe = read_fd
+        worker.last_heard = time.monotonic()
         worker.restart_at = None
         log.info("worker %d started (pid %d)", worker.slot, pid)
         return read_fd
@@ -82,6 +111,8 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # see daemon.serve
         pipes = [self._spawn(worker) for worker in self.workers]
+        self._watchdog = daemon.watchdog_interval()
+        self._last_watchdog = 0.0
         if not self._await_ready(pipes):
             log.error("not every worker started; stopping the others")
             self._stop_all(signal.SIGTERM)
@@ -96,12 +127,35 @@ class Supervisor:
         """Wait until each worker wrote its ready byte; False if one exited first."""
         ready = 0
         for fd in pipes:
-            try:
-                data = os.read(fd, 1)  # blocks until written, or EOF when the child exits
-            finally:
-                os.close(fd)
+            data = os.read(fd, 1)  # blocks until written, or EOF when the child exits
+            os.set_blocking(fd, False)
             ready += data == b"R"
         return ready == len(pipes)
+
+    def _listen(self) -> None:
+        """Drain every worker's pipe; note who was heard from; stop a hung worker."""
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.pipe is not None:
+                try:
+                    data = os.read(worker.pipe, 4096)
+                except BlockingIOError:
+                    data = None
+                if data:
+                    worker.last_heard = now
+                elif data == b"":  # EOF: the worker exited; the reaper handles it
+                    os.close(worker.pipe)
+                    worker.pipe = None
+            if worker.pid and now - worker.last_heard > WORKER_HUNG:
+                log.error("worker %d (pid %d) has not reported for %.0f s: its event loop is "
+                          "stuck; killing it", worker.slot, worker.pid, now - worker.last_heard)
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.last_heard = now  # once; the reaper restarts it
+        if self._watchdog is not None and now - self._last_watchdog >= self._watchdog:
+            live = [w for w in self.workers if w.pid]
+            if live and all(now - w.last_heard <= WORKER_FRESH for w in live):
+                sd_notify(f"WATCHDOG=1\nSTATUS={len(live)} workers")
+                self._last_watchdog = now
 
     def _supervise(self) -> int:
         while True:
@@ -110,6 +164,7 @@ class Supervisor:
                 self._stopping = True
                 self._stop_all(signal.SIGTERM)
                 return 1 if self._reap_all() else 0
+            self._listen()
             self._reap_exited()
             self._restart_due()
             if all(w.pid == 0 and w.restart_at is None for w in self.workers):
@@ -129,6 +184,9 @@ class Supervisor:
             if worker is None:
                 continue
             worker.pid = 0
+            if worker.pipe is not None:
+                os.close(worker.pipe)
+                worker.pipe = None
             code = os.waitstatus_to_exitcode(status)
             now = time.monotonic()
             worker.crashes = [t for t in worker.crashes if now - t < CRASH_WINDOW] + [now]
@@ -145,7 +203,7 @@ class Supervisor:
         now = time.monotonic()
         for worker in self.workers:
             if worker.restart_at is not None and now >= worker.restart_at:
-                os.close(self._spawn(worker))  # readiness of a restart is not waited for
+                os.set_blocking(self._spawn(worker), False)  # its heartbeats are listened to
 
     def _stop_all(self, sig: int) -> None:
         for worker in self.workers:

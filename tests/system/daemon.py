@@ -106,6 +106,7 @@ class Daemon:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra environment for the daemon (e.g. NOTIFY_SOCKET)
         self.runs = 0
         self._groups: list[int] = []
 
@@ -129,7 +130,8 @@ class Daemon:
         with open(self.stdout_path(), "wb") as stdout, open(self.stderr_path(), "wb") as stderr:
             self.proc = subprocess.Popen(
                 chatserver_command(*self.argv), cwd=self.directory, stdin=subprocess.DEVNULL,
-                stdout=stdout, stderr=stderr, start_new_session=True)
+                stdout=stdout, stderr=stderr, start_new_session=True,
+                env={**os.environ, **self.env})
         self._groups.append(self.proc.pid)
         self.wait_healthy(timeout)
 
