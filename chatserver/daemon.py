@@ -20,6 +20,7 @@ from aiohttp import web
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
 from chatserver.config import Config
+from chatserver.reload import reload
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP's default would kill the daemon; configuration reload is not implemented yet,
-    # so a stray `systemctl reload` must be harmless.
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP ignored: reload is "
-                                                              "not supported; restart instead"))
+    loop.add_signal_handler(signal.SIGHUP, reload, app[CONTEXT])
     await stop.wait()
     log.info("shutting down")
     notifier.stopping()

@@ -10,6 +10,7 @@ import orjson
 
 from chatserver.config import LogConfig
 
+HANDLER_NAME = "chatserver"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -34,8 +35,10 @@ def configure(config: LogConfig) -> None:
     else:
         formatter = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    # Replace only our own handler (a reload calls this again); leave anyone else's alone.
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.level.upper())

@@ -1,8 +1,8 @@
 """`[server] processes = N`: N worker processes serving one port, joined through the broker.
 
 The supervisor forks the workers before any event loop or thread exists (forking a process
-with a running loop is unsafe), so it stays a small synchronous process: it forwards SIGTERM
-and SIGINT to the workers, restarts a worker that dies unexpectedly (with a backoff,
+with a running loop is unsafe), so it stays a small synchronous process: it forwards SIGTERM,
+SIGINT and SIGHUP (reload) to the workers, restarts a worker that dies unexpectedly (with a backoff,
 giving up on one that keeps crashing), and speaks to systemd for the group: READY=1 once every
 worker listens, WATCHDOG=1 only while every worker's event loop reports in (each worker writes
 a heartbeat byte to its pipe from a task on its loop), STOPPING=1 on SIGTERM. A worker whose
@@ -107,15 +107,14 @@ class Supervisor:
         self._signal = signum
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # see daemon.serve
         pipes = [self._spawn(worker) for worker in self.workers]
         self._watchdog = daemon.watchdog_interval()
         self._last_watchdog = 0.0
         if not self._await_ready(pipes):
             log.error("not every worker started; stopping the others")
-            self._stop_all(signal.SIGTERM)
+            self._signal_all(signal.SIGTERM)
             self._reap_all()
             return 1
         log.info("%d workers listening on %s:%d", len(self.workers), self.config.server.host,
@@ -159,10 +158,13 @@ class Supervisor:
 
     def _supervise(self) -> int:
         while True:
-            if self._signal is not None:
+            if self._signal == signal.SIGHUP:
+                self._signal = None
+                self._signal_all(signal.SIGHUP)  # each worker reloads its configuration
+            elif self._signal is not None:
                 sd_notify("STOPPING=1")
                 self._stopping = True
-                self._stop_all(signal.SIGTERM)
+                self._signal_all(signal.SIGTERM)
                 return 1 if self._reap_all() else 0
             self._listen()
             self._reap_exited()
@@ -205,7 +207,7 @@ class Supervisor:
             if worker.restart_at is not None and now >= worker.restart_at:
                 os.set_blocking(self._spawn(worker), False)  # its heartbeats are listened to
 
-    def _stop_all(self, sig: int) -> None:
+    def _signal_all(self, sig: int) -> None:
         for worker in self.workers:
             if worker.pid:
                 try:

@@ -112,3 +112,30 @@ def test_supervisor_relays_the_watchdog_only_while_every_worker_reports(
             assert daemon.wait(30) == 0
         finally:
             daemon.stop()
+
+
+def test_sighup_reloads_limits_and_keeps_serving(tmp_path: Path) -> None:
+    """SIGHUP re-reads the file: a changed [limits] applies, the process keeps serving, and a
+    broken file is refused with a log line while the old configuration stays."""
+    daemon = Daemon(tmp_path)
+    try:
+        daemon.start()
+        original = daemon.config_path.read_text()
+        daemon.config_path.write_text(original.replace("burst = 1000", "burst = 7"))
+        daemon.kill(signal.SIGHUP)
+        _wait_for_log(daemon, "configuration reloaded")
+        daemon.config_path.write_text(original + "[nonsense]\n")
+        daemon.kill(signal.SIGHUP)
+        _wait_for_log(daemon, "configuration not reloaded")
+        daemon.wait_healthy(10)
+        daemon.kill(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+    finally:
+        daemon.stop()
+
+
+def _wait_for_log(daemon: Daemon, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in daemon.stderr():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{daemon.stderr()}"
+        time.sleep(0.05)
