@@ -24,6 +24,7 @@ from chatserver.hub import Hub
 from chatserver.looplag import LoopLagMonitor
 from chatserver.messages import MessageService
 from chatserver.metrics import Metrics, metrics_handler
+from chatserver.overload import OverloadGuard
 from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
 from chatserver.store.base import Store
@@ -134,10 +135,17 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
                       max_bytes=limits.max_message_bytes)
     hub.set_streams(streams.active_frames, streams.observe)
     metrics = Metrics()
+    overload = OverloadGuard()
+
+    def on_lag_sample(lag: float) -> None:
+        metrics.loop_lag.observe(lag)
+        pool_queue = sum(stats.queued for stats in executors.stats.values())
+        overload.update(lag, pool_queue, asyncio.get_running_loop().time())
+
     ctx = ChatContext(
         config=config, instance_id=instance_id, store=store, broker=broker,
         executors=executors, hub=hub, rooms=Rooms(store), messages=messages, streams=streams,
-        metrics=metrics, lag=LoopLagMonitor(observe=metrics.loop_lag.observe),
+        metrics=metrics, lag=LoopLagMonitor(observe=on_lag_sample), overload=overload,
         send_limiter=KeyedLimiter(limits.rate.per_second, limits.rate.burst),
         login_user_limiter=KeyedLimiter(limits.login.user_per_minute / 60,
                                         limits.login.user_burst),

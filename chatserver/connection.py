@@ -72,6 +72,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if ctx.shutting_down:
         raise Unavailable("the server is shutting down; reconnect (elsewhere) shortly",
                           retry_after=_jittered(1, 5))
+    if not ctx.overload.allow_connection():
+        raise Unavailable("this instance is overloaded; retry shortly (or elsewhere)",
+                          retry_after=_jittered(1, 5))
     if len(ctx.connections) >= limits.connections_per_instance:
         raise Unavailable("this instance is at its connection limit; retry shortly",
                           retry_after=_jittered(1, 10))
@@ -158,6 +161,8 @@ async def _announce(ctx: ChatContext, session: Session, *, online: bool) -> None
     except ChatError as error:
         log.warning("presence for %s not announced: %s", user.name, error.message)
         return
+    if not ctx.overload.allow_ephemeral():
+        return  # shed under overload (the bookkeeping above still happened)
     status = "online" if online else "offline"
     ctx.broker.publish(presence_event(user.name, status, rooms))
 

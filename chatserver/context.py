@@ -12,6 +12,7 @@ from chatserver.hub import Hub
 from chatserver.looplag import LoopLagMonitor
 from chatserver.messages import MessageService
 from chatserver.metrics import Metrics
+from chatserver.overload import OverloadGuard
 from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
 from chatserver.session import Connections
@@ -32,6 +33,7 @@ class ChatContext:
     streams: Streams
     metrics: Metrics
     lag: LoopLagMonitor
+    overload: OverloadGuard
     connections: Connections = field(default_factory=Connections)
     send_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(10, 30))
     login_user_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(1 / 6, 10))

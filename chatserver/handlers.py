@@ -69,6 +69,8 @@ def check_send_rate(ctx: ChatContext, user_name: str) -> None:
     """Admission for anything that will store a message: shutdown first, then the user's rate."""
     if ctx.shutting_down:
         raise Overloaded("the server is shutting down; reconnect and send again")
+    if not ctx.overload.allow_send():
+        raise Overloaded("the server is overloaded; retry in a few seconds")
     wait = ctx.send_limiter.take(user_name, asyncio.get_running_loop().time())
     if wait > 0:
         raise RateLimited(f"sending too fast; retry in {wait:.2f} s", wait)
@@ -162,6 +164,8 @@ async def on_typing(ctx: ChatContext, session: Session, cmd: Typing) -> None:
     room = await _room_for(ctx, session, cmd.room)
     if not session.typing_allowed(room.name, asyncio.get_running_loop().time()):
         return
+    if not ctx.overload.allow_ephemeral():
+        return  # the first thing shed under overload
     user = session.user.name
     frame = protocol.encode({"op": "typing", "room": room.name, "user": user})
     ctx.broker.publish(Event("typing", room.name, frame, user=user, key=f"t:{room.name}:{user}"))

@@ -56,6 +56,16 @@ class _LiveCollector(Collector):
                                   value=ctx.hub.resyncs)
         yield GaugeMetricFamily("chat_active_streams", "Streams in progress.",
                                 value=len(ctx.streams))
+        overload = ctx.overload
+        yield GaugeMetricFamily("chat_overload_level", "0 normal, 1 shedding typing/presence, "
+                                "2 refusing connections, 3 refusing sends.",
+                                value=int(overload.level))
+        shed = CounterMetricFamily("chat_overload_shed", "Work refused under overload.",
+                                   labels=["what"])
+        shed.add_metric(["typing_presence"], overload.shed_ephemeral)
+        shed.add_metric(["connections"], overload.refused_connections)
+        shed.add_metric(["sends"], overload.refused_sends)
+        yield shed
         yield from _store_metrics(ctx)
         yield from _pool_metrics(ctx)
 

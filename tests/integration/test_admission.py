@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from chatserver.overload import Level
 from tests.integration.conftest import Chat, ChatFactory
 
 
@@ -52,3 +53,30 @@ async def test_rooms_per_connection_cap(make_chat: ChatFactory) -> None:
     assert (await ws.join("a"))["op"] == "joined"
     await ws.request({"op": "leave", "room": "a"}, "left")
     assert (await ws.join("c"))["op"] == "joined"
+
+
+async def test_overload_sheds_typing_then_connections_then_sends(chat: Chat) -> None:
+    """Under overload the server sheds in order — typing and presence, then new connections,
+    then sends — while messages still flow until the last stage; /metrics shows the level."""
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    a, b = await chat.ws(alice), await chat.ws(bob)
+    await a.join("general")
+    await b.join("general")
+    guard = chat.ctx.overload
+    guard.calm_seconds = 3600  # hold the forced level for the test
+
+    guard.level = Level.SHED_EPHEMERAL
+    await a.send({"op": "typing", "room": "general"})
+    assert (await a.say("general", "still flows"))["op"] == "ack"
+    assert (await b.recv())["op"] == "message", "typing must have been shed"
+
+    guard.level = Level.REFUSE_CONNECTIONS
+    await _refused(chat, await chat.user("carol"))
+    assert (await a.say("general", "existing sockets still send"))["op"] == "ack"
+
+    guard.level = Level.REFUSE_SENDS
+    assert (await a.say("general", "refused"))["code"] == "overloaded"
+    metrics = await (await chat.client.get("/metrics")).text()
+    assert "chat_overload_level 3.0" in metrics
+    assert 'chat_overload_shed_total{what="sends"} 1.0' in metrics
