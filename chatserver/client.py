@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
-AFTER_SERVER_HINT = 1.0  # 1001/1013 ask to back off: wait at least this long (plus jitter)
+# 1001 (server going away) and 1013 (try again later) ask clients to spread out: reconnect after
+# a random 0.5-5 s (docs/protocol.md, "Daemon life"), so a restart is not met by a stampede.
+AFTER_SERVER_HINT = (0.5, 5.0)
 MESSAGE_QUEUE_MAX = 10_000
 
 
@@ -148,10 +150,12 @@ class ChatClient:
     async def _open_with_backoff(self, *, first: bool = False, hint: float = 0.0) -> None:
         attempt = 0
         while True:
-            if not first or attempt:
-                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-                await asyncio.sleep(max(hint, 0.0) + delay)
+            if hint:
+                await asyncio.sleep(hint)  # the server's hint replaces the first backoff
                 hint = 0.0
+            elif not first or attempt:
+                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+                await asyncio.sleep(delay)
             try:
                 await self._open()
                 return
@@ -184,7 +188,7 @@ class ChatClient:
                 return
             self.reconnects += 1
             self._url_index += 1
-            hint = AFTER_SERVER_HINT if code in (1001, 1013) else 0.0
+            hint = random.uniform(*AFTER_SERVER_HINT) if code in (1001, 1013) else 0.0
             await self._open_with_backoff(hint=hint)
 
     async def _rejoin(self) -> None:
