@@ -96,6 +96,22 @@ class StoredMessage:
     aborted: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """A snapshot of a store writer's group-commit counters (they only grow, but `pending`).
+
+    Every backend exposes one as `Store.stats`; `/metrics` exports it."""
+
+    batches: int = 0  # batches taken off the write queue
+    transactions: int = 0  # batches committed: one transaction each
+    jobs: int = 0  # writes taken off the queue, whatever became of them
+    failed_batches: int = 0  # batches whose transaction failed: every write in it got an error
+    retries: int = 0  # batches run again after a deadlock or serialization failure
+    rejected: int = 0  # writes refused because the queue was full or closed
+    largest_batch: int = 0
+    pending: int = 0  # submitted and not yet resolved, the running batch included
+
+
 class Store(abc.ABC):
     """Persistent state. Open with `await open()`, close with `await close()`.
 
@@ -221,5 +237,6 @@ __all__ = [
     "TokenInfo",
     "TokenKind",
     "User",
+    "WriterStats",
     "format_ts",
 ]

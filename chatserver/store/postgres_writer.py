@@ -31,7 +31,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 # asyncpg ships no type information (no py.typed); its objects are Any here.
@@ -39,7 +38,7 @@ import asyncpg  # type: ignore[import-untyped]
 from asyncpg.exceptions import _base as asyncpg_base  # type: ignore[import-untyped]
 
 from chatserver.errors import BadRequest, NotFound, StoreUnavailable
-from chatserver.store.base import NewMessage, StoredMessage, format_ts
+from chatserver.store.base import NewMessage, StoredMessage, WriterStats, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +190,6 @@ WITH locked AS MATERIALIZED (
 )
 SELECT i.id, i.seq, i.ts, k.name FROM inserted i JOIN bumped k ON k.id = i.room_id
 """
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """A snapshot of the writer's counters (they only ever grow, except `pending`)."""
-
-    batches: int = 0  # batches taken off the queue
-    transactions: int = 0  # batch statements committed: one transaction each
-    jobs: int = 0  # appends taken off the queue, whatever became of them
-    failed_batches: int = 0  # batches whose statement failed: every append got an error
-    retries: int = 0  # batch statements run again after a deadlock or serialization failure
-    rejected: int = 0  # appends refused because the queue was full or closed
-    largest_batch: int = 0
-    pending: int = 0  # submitted and not yet resolved, the running batch included
 
 
 class _Append:

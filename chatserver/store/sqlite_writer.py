@@ -18,10 +18,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chatserver.errors import ChatError, StoreUnavailable
+from chatserver.store.base import WriterStats
 
 T = TypeVar("T")
 
@@ -43,19 +43,6 @@ _SYNCHRONOUS = "FULL"
 _BUSY_TIMEOUT_MS = 5000  # the admin CLI may hold the write lock for a moment
 _MIGRATIONS_PACKAGE = "chatserver.store.migrations.sqlite"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """A snapshot of the writer's counters (they only ever grow, except `pending`)."""
-
-    batches: int = 0  # batches taken off the queue
-    transactions: int = 0  # batches committed: one transaction each
-    jobs: int = 0  # jobs run, whether they committed or rolled back to their savepoint
-    failed_batches: int = 0  # batches whose transaction failed: every job got StoreUnavailable
-    rejected: int = 0  # submissions refused because the queue was full or closed
-    largest_batch: int = 0
-    pending: int = 0  # submitted and not yet resolved, the running batch included
 
 
 class _Job:

@@ -57,8 +57,9 @@ def message(room: str, seq: int, frame: bytes | None = None, user: str = "alice"
 
 
 def presence(user: str, status: str, rooms: tuple[str, ...]) -> Event:
+    """The presence event as the server builds it (see `presence_event`), spelled out."""
     frame = orjson.dumps({"op": "presence", "user": user, "status": status})
-    return Event("presence", "", frame, user=user, rooms=rooms)
+    return Event("presence", "", frame, user=user, rooms=rooms, key=f"p:{user}")
 
 
 @dataclass
