@@ -1,15 +1,23 @@
-"""Benchmark harness for chatserver: load generator, reference server, orchestration.
+"""Benchmark harness for chatserver: load generator, reference servers, orchestration.
 
 `scripts/bench` is the front door. The modules here each do one job:
 
 - `wsproto`      sans-I/O WebSocket pieces: handshake, masked client frames, frame decoding
 - `client`       the cheap raw-asyncio WebSocket client the generator runs by the thousand
-- `fanout`, `ping`  the two scenarios, run inside the generator process
+- `sioclient`    the same client speaking socket.io / engine.io v4 (for the socketio peer)
+- `fanout`, `ping`, `capacity`  the scenarios, run inside the generator process
+  (crossinstance is fanout over two instances); `ratesearch` picks capacity's next rate
 - `generator`    entry point of the generator child process (pinned to CPU 1)
-- `servers`      preparing, starting and killing the server under test (pinned to CPU 0)
-- `procstats`    CPU seconds and RSS of the server and its children
+- `cli`, `plan`  options, and which runs they mean (targets, process counts, placements)
+- `placement`    which CPU runs what, and why, for runs that cannot keep to "server on CPU 0"
+- `backends`     a throwaway PostgreSQL and Redis (tests/services helpers) for postgres-redis
+- `servers`      starting, health-checking and killing the processes a run owns
+- `targets`      preparing each server (chatserver TOML and admin CLI, socketio, naive, ...)
+- `orchestrate`  one run: prepare, start, generate load, attribute CPU to phases
+- `procstats`    CPU seconds and RSS of a process tree
 - `stats`        percentiles and small numeric helpers
-- `report`       the human table and the machine-readable JSON
+- `report`, `report_capacity`, `outcome`  tables, ratios and the issue's targets
 - `naive_server` the "what people write first" reference server for `--baseline`
-- `firehose_server` a near-zero-cost server used to calibrate the generator itself
+- `socketio_server` python-socketio AsyncServer + AsyncRedisManager for `--peer socketio`
+- `firehose_server` a near-free server used to calibrate the generator itself
 """

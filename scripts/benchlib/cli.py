@@ -10,24 +10,28 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import report, servers, sysload
-from .orchestrate import RunConfig, run_one
-from .targets import PINGER_PASSWORD, PINGER_USER
+from . import backends as backends_mod
+from . import outcome, placement, plan, report, servers, sysload
+from .backends import Backends
+from .orchestrate import run_one
+from .plan import Section
 
-USAGE = """Benchmark chatserver: WebSocket fan-out latency and throughput (scenario fanout), and
-event-loop freedom under Markdown and login load (scenario ping). The server runs pinned to
-CPU 0, the load generator pinned to CPU 1."""
+USAGE = """Benchmark chatserver: WebSocket fan-out latency and throughput (scenario fanout),
+event-loop freedom under Markdown and login load (ping), sustainable deliveries/s under a p99
+bound (capacity), and the cost of crossing instances through Redis (crossinstance). The server
+runs pinned to CPU 0, the load generator (and PostgreSQL and Redis) pinned to CPU 1."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=USAGE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scenario", choices=["fanout", "ping"], default="fanout")
-    p.add_argument("--clients", type=int, default=1000, help="fanout: room members")
+    p.add_argument("--scenario", choices=["fanout", "ping", "capacity", "crossinstance"],
+                   default="fanout")
+    p.add_argument("--clients", type=int, default=1000, help="room members")
     p.add_argument("--rate", type=float, default=100.0, help="fanout: publisher msgs/s")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    p.add_argument("--size", type=int, default=200, help="fanout: text bytes per message")
+    p.add_argument("--size", type=int, default=200, help="text bytes per message")
     p.add_argument("--drain", type=float, default=10.0,
                    help="max seconds to wait for stragglers after sending stops")
     p.add_argument("--room", default="bench")
@@ -40,47 +44,79 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true",
                    help="also run the same load against the naive reference server")
     p.add_argument("--json", metavar="OUT", help="write machine-readable results here")
+    p.add_argument("--gc-stats", action="store_true",
+                   help="time every cyclic-GC collection in the servers under test (a "
+                        "sitecustomize on their PYTHONPATH; their code is untouched)")
     p.add_argument("--connect-concurrency", type=int, default=64)
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--startup-timeout", type=float, default=60.0)
-    return p.parse_args(argv)
+
+    g = p.add_argument_group("backends and processes")
+    g.add_argument("--backend", choices=["sqlite", "postgres-redis"], default="sqlite",
+                   help="chatserver's store and broker. sqlite: a SQLite file and the in-process "
+                        "broker. postgres-redis: a throwaway PostgreSQL and Redis started for "
+                        "this invocation, pinned to CPU 1; the socketio peer uses that Redis")
+    g.add_argument("--processes", type=int, default=1,
+                   help="chatserver [server] processes (needs --backend postgres-redis)")
+    g.add_argument("--compare-processes", metavar="N,M",
+                   help="run chatserver once per process count (e.g. 1,2) and print the ratio "
+                        "of the last to the first (needs --backend postgres-redis)")
+    g.add_argument("--cpu-share", choices=["both", "spread", "one-core"], default="both",
+                   help="where N>1 processes run (1 process: CPU 0). spread = CPUs 0-1, sharing "
+                        "CPU 1 with the generator, PostgreSQL and Redis; one-core = CPU 0 only "
+                        "(per-core efficiency); both = one run of each")
+    g.add_argument("--cross-pin", choices=["split", "same"], default="split",
+                   help="crossinstance: split = instance A on CPU 0, B on CPU 1; same = both "
+                        "on CPU 0")
+    g.add_argument("--peer", choices=["socketio"],
+                   help="also run the same load against python-socketio's AsyncServer "
+                        "(AsyncRedisManager with postgres-redis); with fanout, the capacity of "
+                        "both is measured as well")
+    g.add_argument("--no-peer-capacity", action="store_true",
+                   help="with --peer and fanout: skip the capacity runs")
+
+    c = p.add_argument_group("capacity scenario")
+    c.add_argument("--p99-bound", type=float, default=100.0,
+                   help="ms: a step passes while its p99 delivery latency stays at or under it")
+    c.add_argument("--start-rate", type=float, default=10.0, help="msgs/s of the first step")
+    c.add_argument("--max-rate", type=float, default=2000.0, help="msgs/s: stop climbing here")
+    c.add_argument("--refine", type=int, default=4,
+                   help="bisection steps after the first failing step")
+    c.add_argument("--step-duration", type=float, default=4.0, help="measured seconds per step")
+    c.add_argument("--step-min-messages", type=int, default=20,
+                   help="a step measures for at least this many messages (longer at low rates)")
+    c.add_argument("--step-warmup", type=float, default=1.0, help="warm-up seconds per step")
+    c.add_argument("--max-steps", type=int, default=16)
+    args = p.parse_args(argv)
+    problem = plan.check(args)
+    if problem:
+        p.error(problem)
+    return args
 
 
-def scenario_spec(args: argparse.Namespace) -> dict[str, Any]:
-    common = {"room": args.room, "duration": args.duration, "warmup": args.warmup,
-              "drain": args.drain, "connect_timeout": args.connect_timeout}
-    if args.scenario == "ping":
-        return {**common, "md_senders": 4, "md_size": 8192, "login_concurrency": 20,
-                "login_user": PINGER_USER, "login_password": PINGER_PASSWORD}
-    return {**common, "clients": args.clients, "rate": args.rate, "size": args.size,
-            "connect_concurrency": args.connect_concurrency}
-
-
-def run_configs(args: argparse.Namespace) -> list[RunConfig]:
-    spec = scenario_spec(args)
-    bound = 120 + args.warmup + args.duration + 2 * args.drain
-    kind = "custom" if args.server_cmd else args.target
-    label = "chatserver" if kind == "chatserver" else kind
-    main = RunConfig(label, kind, args.scenario, spec, args.server_cmd, args.token,
-                     args.startup_timeout, bound)
-    configs = [main]
-    if args.baseline:
-        configs.append(RunConfig("baseline", "naive", args.scenario, spec, None, args.token,
-                                 args.startup_timeout, bound))
-    return configs
-
-
-async def run_all(configs: list[RunConfig]) -> dict[str, dict[str, Any]]:
+async def run_sections(sections: list[Section], backends: Backends | None
+                       ) -> dict[str, dict[str, Any]]:
     """Run each target in turn; a failed run is recorded and the next one still runs."""
     results: dict[str, dict[str, Any]] = {}
-    for cfg in configs:
-        print(f"--- running {cfg.scenario} against {cfg.label} ...", flush=True)
-        try:
-            results[cfg.label] = await run_one(cfg)
-        except Exception as exc:  # noqa: BLE001 - report it and go on: the other run still counts
-            traceback.print_exc()
-            results[cfg.label] = {"target": cfg.label, "error": str(exc)}
+    for section in sections:
+        for cfg in section.configs:
+            print(f"--- running {cfg.scenario} against {cfg.label} ({cfg.placement.note}) ...",
+                  flush=True)
+            try:
+                results[cfg.label] = await run_one(cfg, backends)
+            except Exception as exc:  # noqa: BLE001 - report it and go on: the others still count
+                traceback.print_exc()
+                results[cfg.label] = {"target": cfg.label, "scenario": cfg.scenario,
+                                      "error": str(exc)}
     return results
+
+
+def start_backends(args: argparse.Namespace) -> Backends | None:
+    if args.backend != "postgres-redis":
+        return None
+    print(f"starting a throwaway PostgreSQL and Redis on CPU {placement.SERVICES_CPU} ...",
+          flush=True)
+    return backends_mod.start(placement.SERVICES_CPU)
 
 
 def main(argv: list[str]) -> int:
@@ -89,30 +125,48 @@ def main(argv: list[str]) -> int:
     servers.raise_fd_limit()
     info = report.machine_info()
     info["busy_before_pct"] = round(sysload.idle_check(1.0), 1)
-    print(report.header(info) + f"machine busy before start: {info['busy_before_pct']}% of one "
-          "core (should be near 0 for clean numbers)", flush=True)
+    sections = plan.sections(args)
+    backends: Backends | None = None
+    print(report.header(info, sections) + "machine busy before start: "
+          f"{info['busy_before_pct']}% of one core (should be near 0 for clean numbers)",
+          flush=True)
     try:
-        runs = asyncio.run(run_all(run_configs(args)))
+        backends = start_backends(args)
+        info["backend"] = plan.backend_note(args, backends)
+        print(f"backend: {info['backend']}", flush=True)
+        runs = asyncio.run(run_sections(sections, backends))
     finally:
         servers.kill_all_now()
-    return finish(args, info, runs)
+        if backends is not None:
+            backends.close()
+    return finish(args, info, sections, runs)
 
 
-def finish(args: argparse.Namespace, info: dict[str, Any], runs: dict[str, dict[str, Any]]) -> int:
+def finish(args: argparse.Namespace, info: dict[str, Any], sections: list[Section],
+           runs: dict[str, dict[str, Any]]) -> int:
     """Print the tables and ratios, write the JSON; exit status 1 if any run failed."""
-    ok = {k: v for k, v in runs.items() if "error" not in v}
-    ratio_figures = report.ratios(*ok.values()) if len(ok) == 2 else None
-    if ok:
-        print("\n" + report.render(ok, ratio_figures))
+    section_docs = []
+    first_ratios = None
+    for section in sections:
+        section_runs = {c.label: runs[c.label] for c in section.configs if c.label in runs}
+        ok = {k: v for k, v in section_runs.items() if "error" not in v}
+        figures = outcome.section_ratios(section.compare, ok, len(section.configs))
+        if first_ratios is None:
+            first_ratios = figures
+        if ok:
+            print("\n" + outcome.render(section, ok, figures, args))
+        section_docs.append({"scenario": section.scenario, "compare": section.compare,
+                             "labels": [c.label for c in section.configs], "ratios": figures})
     for label, run in runs.items():
         if "error" in run:
             first_line = run["error"].splitlines()[0] if run["error"] else ""
             print(f"\n{label}: FAILED: {first_line}")
     if args.json:
         doc = {"command": report.command_line(), "machine": info, "scenario": args.scenario,
-               "params": scenario_spec(args), "runs": runs, "ratios": ratio_figures}
+               "params": plan.scenario_spec(args, args.scenario), "runs": runs,
+               "ratios": first_ratios, "sections": section_docs}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0 if len(ok) == len(runs) else 1
+    return 0 if all("error" not in r for r in runs.values()) else 1
 
 
 def entry() -> None:

@@ -37,12 +37,16 @@ class Recorder:
     the warm-up is excluded without any per-client coordination.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_message: bool = False) -> None:
         self.start_ns = _NEVER
         self.end_ns = _NEVER
         self.latencies_ns = array("q")
         self.in_window = 0
         self.last_rx_ns = 0
+        # send time -> [first, last] receive time over all members: how long one message's
+        # fan-out took (crossinstance compares instances with it). Off by default: a dict
+        # update per frame is not free.
+        self.copies: dict[int, list[int]] | None = {} if per_message else None
 
     def open_window(self, start_ns: int, end_ns: int) -> None:
         self.start_ns, self.end_ns = start_ns, end_ns
@@ -63,6 +67,8 @@ class WsClient(asyncio.Protocol):
     Per-connection delivery accounting: `bitmap[seq - seq_base]` marks every seq received, so
     duplicates are exact and losses can be computed against the publisher's acked seqs later.
     """
+
+    PATH = "/ws"  # the upgrade request's target; the socket.io client overrides it
 
     def __init__(self, host: str, port: int, token: str | None, recorder: Recorder) -> None:
         self._host, self._port, self._token = host, port, token
@@ -91,13 +97,15 @@ class WsClient(asyncio.Protocol):
         self.stale = 0
         self.last_seq = 0
         self.pings_answered = 0
+        self.instance = ""  # the server instance (process) that holds this connection
 
     # ---- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass, hence a cast, not a check
         self.transport = cast(asyncio.Transport, transport)
-        req = wsproto.build_upgrade_request(self._host, self._port, "/ws", self._key, self._token)
+        req = wsproto.build_upgrade_request(self._host, self._port, self.PATH, self._key,
+                                            self._token)
         self.transport.write(req)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -232,6 +240,13 @@ class WsClient(asyncio.Protocol):
             rec.latencies_ns.append(now - sent)
             rec.in_window += 1
             rec.last_rx_ns = now
+            copies = rec.copies
+            if copies is not None:
+                span = copies.get(sent)
+                if span is None:
+                    copies[sent] = [now, now]
+                else:
+                    span[1] = now  # receive times only grow: one process, one clock
 
     # ---- rare frames --------------------------------------------------------------------
 
@@ -265,6 +280,7 @@ class WsClient(asyncio.Protocol):
         frame: Frame = json.loads(data[start:end])
         frame["_rx_ns"] = now
         if frame.get("op") == "hello" and not self.hello.done():
+            self.instance = str(frame.get("instance", ""))
             self.hello.set_result(frame)
         self._resolve(frame)
         if self.on_control is not None:
@@ -325,6 +341,7 @@ class WsClient(asyncio.Protocol):
             raise RuntimeError(f"join {room!r} failed: {frame}")
         self.seq_base = int(frame["seq"])
         self.last_seq = self.seq_base
+        self.instance = self.instance or str(frame.get("instance", ""))
         return frame
 
     def close(self) -> None:
@@ -334,12 +351,17 @@ class WsClient(asyncio.Protocol):
 
 
 async def connect(
-    host: str, port: int, token: str | None, recorder: Recorder, timeout: float
+    host: str, port: int, token: str | None, recorder: Recorder, timeout: float,
+    cls: type[WsClient] = WsClient,
 ) -> WsClient:
-    """Open a connection, complete the upgrade and wait for the server's `hello`."""
+    """Open a connection, complete the upgrade and wait for the server's `hello`.
+
+    `cls` picks the dialect: `WsClient` speaks chatserver's protocol, `sioclient.SioClient`
+    socket.io over the same frame loop.
+    """
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: WsClient(host, port, token, recorder), host, port),
+        loop.create_connection(lambda: cls(host, port, token, recorder), host, port),
         timeout,
     )
     assert isinstance(proto, WsClient)

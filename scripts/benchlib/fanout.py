@@ -3,30 +3,40 @@
 Runs inside the generator process. The publisher is open-loop (it sends on a fixed schedule and
 never waits for acks), so a slow server shows up as latency and loss rather than as a publisher
 that politely slows down (coordinated omission).
+
+The pieces here (connecting members, the publisher, draining, exact accounting) are shared by
+the `crossinstance` and `capacity` scenarios. Members may be spread over several server
+ports (instances); member i connects to `ports[i % len(ports)]` and records its latencies in
+that port's Recorder, and the publisher always uses `ports[0]`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import monotonic_ns
 from typing import Any
 
 from .client import MARK, NULL_RECORDER, Frame, Recorder, WsClient, connect
+from .sioclient import SioClient
 from .stats import summarize_ns
 from .timing import Emit, cpu_during, emit_at
 
 _PAD = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " * 1024)
 
+# Which client speaks to which kind of server.
+DIALECTS: dict[str, type[WsClient]] = {"chatserver": WsClient, "socketio": SioClient}
+
 
 @dataclass(frozen=True)
 class FanoutSpec:
     host: str
-    port: int
+    ports: tuple[int, ...]
     token: str
+    protocol: str  # a DIALECTS key
     room: str
     clients: int
     rate: float
@@ -39,14 +49,25 @@ class FanoutSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FanoutSpec:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        values = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        values["ports"] = tuple(d["ports"])
+        values.setdefault("protocol", "chatserver")
+        return cls(**values)
+
+    @property
+    def dialect(self) -> type[WsClient]:
+        return DIALECTS[self.protocol]
 
 
 class Publisher:
-    """Sends `send` frames on schedule; records acks (the seqs every member must receive)."""
+    """Sends `send` frames on schedule; records acks (the seqs every member must receive).
 
-    def __init__(self, client: WsClient, room: str, size: int) -> None:
-        self.client, self.room, self.size = client, room, size
+    `prefix` starts every ref, so acks of an earlier publisher on the same connection (the
+    capacity scenario's previous step) are told apart from this one's.
+    """
+
+    def __init__(self, client: WsClient, room: str, size: int, prefix: str = "p") -> None:
+        self.client, self.room, self.size, self.prefix = client, room, size, prefix
         self.sent_ns: list[int] = []
         self.sent_in_window = 0
         self.acked_seqs: list[int] = []
@@ -57,11 +78,11 @@ class Publisher:
 
     def _on_control(self, frame: Frame) -> None:
         op, ref = frame.get("op"), str(frame.get("ref", ""))
-        if not ref.startswith("p"):
+        if not ref.startswith(self.prefix) or not ref[len(self.prefix):].isdigit():
             return
         if op == "ack":
             self.acked_seqs.append(int(frame["seq"]))
-            self.ack_latency_ns.append(frame["_rx_ns"] - self.sent_ns[int(ref[1:])])
+            self.ack_latency_ns.append(frame["_rx_ns"] - self.sent_ns[int(ref[len(self.prefix):])])
         elif op == "error":
             self.errors[str(frame.get("code"))] += 1
 
@@ -73,11 +94,11 @@ class Publisher:
         now = monotonic_ns()
         prefix = f"{MARK.decode()}{now}. "
         text = prefix + _PAD[: max(0, self.size - len(prefix))]
-        frame = {"op": "send", "room": self.room, "text": text, "ref": f"p{n}"}
         self.sent_ns.append(now)
         if window[0] <= now < window[1]:
             self.sent_in_window += 1
-        self.client.send_text(json.dumps(frame, separators=(",", ":")).encode())
+        self.client.send_json({"op": "send", "room": self.room, "text": text,
+                               "ref": f"{self.prefix}{n}"})
 
     async def run(self, rate: float, start_ns: int, window: tuple[int, int]) -> None:
         """Send at `rate`/s from `start_ns` until the window closes; catch up if late."""
@@ -100,11 +121,29 @@ class Publisher:
                 await asyncio.sleep(0)
 
 
-async def _connect_member(spec: FanoutSpec, rec: Recorder, sem: asyncio.Semaphore) -> WsClient:
+@dataclass
+class Members:
+    """The room's members, in connection order, each with its group (the port it used)."""
+
+    clients: list[WsClient]
+    groups: list[int]
+    errors: list[str]
+
+    def of_group(self, group: int) -> list[WsClient]:
+        return [c for c, g in zip(self.clients, self.groups, strict=True) if g == group]
+
+    def instances(self) -> dict[str, int]:
+        """Members per server instance (process), as each connection's server reported it."""
+        return dict(Counter(c.instance or "?" for c in self.clients))
+
+
+async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder,
+                          sem: asyncio.Semaphore) -> WsClient:
     # A bounded number of handshakes in flight keeps the server's accept backlog from
     # overflowing, which would turn into 1 s SYN retransmits and a misleading connect time.
     async with sem:
-        client = await connect(spec.host, spec.port, spec.token, rec, spec.connect_timeout)
+        client = await connect(spec.host, port, spec.token, rec, spec.connect_timeout,
+                               spec.dialect)
         try:
             await client.join(spec.room, spec.connect_timeout)
         except BaseException:
@@ -113,36 +152,67 @@ async def _connect_member(spec: FanoutSpec, rec: Recorder, sem: asyncio.Semaphor
         return client
 
 
-async def connect_members(spec: FanoutSpec, rec: Recorder) -> tuple[list[WsClient], list[str]]:
-    """Connect and join all members; returns the clients and the errors of those that failed."""
+async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder]) -> Members:
+    """Connect and join all members; member i uses port and Recorder i modulo their count."""
     sem = asyncio.Semaphore(spec.connect_concurrency)
+    n = len(spec.ports)
     results = await asyncio.gather(
-        *(_connect_member(spec, rec, sem) for _ in range(spec.clients)), return_exceptions=True
+        *(_connect_member(spec, spec.ports[i % n], recs[i % n], sem)
+          for i in range(spec.clients)),
+        return_exceptions=True,
     )
-    clients = [r for r in results if isinstance(r, WsClient)]
-    errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    return clients, errors
+    members = Members([], [], [])
+    for i, r in enumerate(results):
+        if isinstance(r, WsClient):
+            members.clients.append(r)
+            members.groups.append(i % n)
+        else:
+            members.errors.append(repr(r))
+    return members
 
 
-async def drain(clients: list[WsClient], pub: Publisher, deadline_ns: int) -> bool:
-    """Wait until every send is answered and every member has every acked seq, or the deadline."""
+async def connect_publisher(spec: FanoutSpec) -> WsClient:
+    publisher = await connect(spec.host, spec.ports[0], spec.token, NULL_RECORDER,
+                              spec.connect_timeout, spec.dialect)
+    await publisher.join(spec.room, spec.connect_timeout)
+    return publisher
+
+
+def received_now(clients: Sequence[WsClient]) -> list[int]:
+    """Each member's received count: the baseline of a later step's accounting."""
+    return [c.received for c in clients]
+
+
+async def drain(clients: Sequence[WsClient], pub: Publisher, deadline_ns: int,
+                base: Sequence[int] | None = None) -> bool:
+    """Wait until every send is answered and every member has every acked seq, or the deadline.
+
+    `base`: each member's received count before this publisher started (default: zero).
+    """
+    base = base if base is not None else [0] * len(clients)
     while monotonic_ns() < deadline_ns:
         if pub.answered() >= len(pub.sent_ns):
             want = len(pub.acked_seqs)
-            if all(c.received >= want for c in clients if not c.closed):
+            if all(c.received - b >= want for c, b in zip(clients, base, strict=True)
+                   if not c.closed):
                 return True
         await asyncio.sleep(0.05)
     return False
 
 
-def account(clients: list[WsClient], acked: list[int]) -> dict[str, int]:
-    """Exact per-client delivery accounting against the publisher's acked seqs."""
+def account(clients: Sequence[WsClient], acked: list[int],
+            base: Sequence[int] | None = None) -> dict[str, int]:
+    """Exact per-client delivery accounting against the publisher's acked seqs.
+
+    Duplicates and reordering are counted over each connection's whole life.
+    """
+    base = base if base is not None else [0] * len(clients)
     lost = dup = ooo = extra = 0
-    for c in clients:
-        bm, base = c.bitmap, c.seq_base
-        got = sum(1 for s in acked if 0 < s - base < len(bm) and bm[s - base])
+    for c, b in zip(clients, base, strict=True):
+        bm, seq_base = c.bitmap, c.seq_base
+        got = sum(1 for s in acked if 0 < s - seq_base < len(bm) and bm[s - seq_base])
         lost += len(acked) - got
-        extra += c.received - got  # arrived without an ack (ack lost or still in flight)
+        extra += c.received - b - got  # arrived without an ack (ack lost or still in flight)
         dup += c.duplicates
         ooo += c.out_of_order
     return {"lost": lost, "duplicates": dup, "out_of_order": ooo, "unacked_received": extra}
@@ -158,32 +228,51 @@ class Publishing:
     drain_s: float
 
 
-async def publish(spec: FanoutSpec, pub: Publisher, clients: list[WsClient], rec: Recorder,
-                  emit: Emit) -> Publishing:
+async def publish(rate: float, warmup: float, duration: float, drain_s: float, pub: Publisher,
+                  clients: Sequence[WsClient], recs: Sequence[Recorder], emit: Emit,
+                  base: Sequence[int] | None = None) -> Publishing:
     """Warm-up, measured window, then drain; phase events go to the orchestrator."""
     start = monotonic_ns()
-    window = (start + int(spec.warmup * 1e9), start + int((spec.warmup + spec.duration) * 1e9))
-    rec.open_window(*window)
+    window = (start + int(warmup * 1e9), start + int((warmup + duration) * 1e9))
+    for rec in recs:
+        rec.open_window(*window)
     emit("publish_start")
     marker = asyncio.create_task(emit_at(window[0], "measure_start", emit))
-    cpu = await cpu_during(pub.run(spec.rate, start, window), window)
+    cpu = await cpu_during(pub.run(rate, start, window), window)
     await marker
     emit("send_end")
-    drained = await drain(clients, pub, monotonic_ns() + int(spec.drain * 1e9))
-    drain_s = (monotonic_ns() - window[1]) / 1e9
+    drained = await drain(clients, pub, monotonic_ns() + int(drain_s * 1e9), base)
+    waited = (monotonic_ns() - window[1]) / 1e9
     emit("drain_end")
-    return Publishing(window, cpu, drained, round(drain_s, 3))
+    return Publishing(window, cpu, drained, round(waited, 3))
 
 
-def summarize(spec: FanoutSpec, clients: list[WsClient], pub: Publisher, rec: Recorder,
-              phase: Publishing) -> dict[str, Any]:
+def delivery_figures(rate: float, duration: float, members: int, recs: Sequence[Recorder],
+                     phase: Publishing) -> dict[str, Any]:
+    """Throughput and latency over the measured window, all Recorders together."""
+    in_window = sum(r.in_window for r in recs)
+    last_rx = max(r.last_rx_ns for r in recs)
     # Throughput over the window, stretched if deliveries of window messages ran past it:
     # a server that lags does not get credit for the drain time.
-    span_s = max(spec.duration, (rec.last_rx_ns - phase.window[0]) / 1e9)
+    span_s = max(duration, (last_rx - phase.window[0]) / 1e9)
+    latencies = [x for r in recs for x in r.latencies_ns]
+    return {
+        "offered_deliveries_per_s": rate * members,
+        "achieved_deliveries_per_s": in_window / span_s,
+        "deliveries_measured": in_window,
+        "latency_ms": summarize_ns(latencies),
+    }
+
+
+def summarize(spec: FanoutSpec, members: Members, pub: Publisher, recs: Sequence[Recorder],
+              phase: Publishing) -> dict[str, Any]:
+    clients = members.clients
     return {
         "scenario": "fanout",
+        "protocol": spec.protocol,
         "clients": spec.clients,
         "connected": len(clients),
+        "members_per_instance": members.instances(),
         "rate": spec.rate,
         "duration_s": spec.duration,
         "warmup_s": spec.warmup,
@@ -194,12 +283,9 @@ def summarize(spec: FanoutSpec, clients: list[WsClient], pub: Publisher, rec: Re
         "send_errors": dict(pub.errors),
         "unanswered": len(pub.sent_ns) - pub.answered(),  # no ack or error by the drain's end
         "ack_latency_ms": summarize_ns(pub.ack_latency_ns),
-        "offered_deliveries_per_s": spec.rate * len(clients),
-        "achieved_deliveries_per_s": rec.in_window / span_s,
+        **delivery_figures(spec.rate, spec.duration, len(clients), recs, phase),
         "deliveries_total": sum(c.received for c in clients),
-        "deliveries_measured": rec.in_window,
         "expected_deliveries": len(pub.acked_seqs) * len(clients),
-        "latency_ms": summarize_ns(rec.latencies_ns),
         "publisher_max_lag_ms": pub.max_lag_ns / 1e6,
         "drained": phase.drained,
         "drain_s": phase.drain_s,
@@ -209,24 +295,56 @@ def summarize(spec: FanoutSpec, clients: list[WsClient], pub: Publisher, rec: Re
     }
 
 
+async def close_all(clients: Sequence[WsClient]) -> None:
+    for c in clients:
+        c.close()
+    await asyncio.sleep(0.2)  # let the close frames go out before the process exits
+
+
 async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     spec = FanoutSpec.from_dict(spec_dict)
-    rec = Recorder()
+    # with several instances, per-message first/last copy times show where the time goes
+    recs = [Recorder(per_message=len(spec.ports) > 1) for _ in spec.ports]
     t0 = time.monotonic()
-    clients, connect_errors = await connect_members(spec, rec)
-    if not clients:
-        raise RuntimeError(f"no member connected: {connect_errors[:3]}")
-    publisher = await connect(spec.host, spec.port, spec.token, NULL_RECORDER, spec.connect_timeout)
-    await publisher.join(spec.room, spec.connect_timeout)
+    members = await connect_members(spec, recs)
+    if not members.clients:
+        raise RuntimeError(f"no member connected: {members.errors[:3]}")
+    publisher = await connect_publisher(spec)
     connect_s = time.monotonic() - t0
     emit("ready")
 
     pub = Publisher(publisher, spec.room, spec.size)
-    phase = await publish(spec, pub, clients, rec, emit)
-    result = summarize(spec, clients, pub, rec, phase)
-    result.update({"connect_s": round(connect_s, 3), "connect_failed": len(connect_errors),
-                   "connect_errors": connect_errors[:5]})
-    for c in [*clients, publisher]:
-        c.close()
-    await asyncio.sleep(0.2)  # let the close frames go out before the process exits
+    phase = await publish(spec.rate, spec.warmup, spec.duration, spec.drain, pub,
+                          members.clients, recs, emit)
+    result = summarize(spec, members, pub, recs, phase)
+    result.update({"connect_s": round(connect_s, 3), "connect_failed": len(members.errors),
+                   "connect_errors": members.errors[:5]})
+    if len(spec.ports) > 1:
+        result["groups"] = group_figures(members, recs)
+    await close_all([*members.clients, publisher])
     return result
+
+
+def group_figures(members: Members, recs: Sequence[Recorder]) -> list[dict[str, Any]]:
+    """Per port (instance) group: members and latency of the deliveries measured there.
+
+    Per message, `first_copy_ms`/`last_copy_ms` are the latencies of the group's first and
+    last copy, and (for groups after the first) `gap_to_first_group_ms` is this group's first
+    copy minus group 0's last copy: positive when this instance started delivering only after
+    the publisher's instance had finished its own members.
+    """
+    out = []
+    first = recs[0].copies or {}
+    for g, rec in enumerate(recs):
+        copies = rec.copies or {}
+        fig: dict[str, Any] = {
+            "members": len(members.of_group(g)), "deliveries_measured": rec.in_window,
+            "latency_ms": summarize_ns(rec.latencies_ns),
+            "first_copy_ms": summarize_ns(span[0] - sent for sent, span in copies.items()),
+            "last_copy_ms": summarize_ns(span[1] - sent for sent, span in copies.items()),
+        }
+        if g:
+            fig["gap_to_first_group_ms"] = summarize_ns(
+                span[0] - first[sent][1] for sent, span in copies.items() if sent in first)
+        out.append(fig)
+    return out

@@ -17,11 +17,21 @@ from typing import Any
 
 import uvloop
 
-from . import fanout, ping
+from . import capacity, fanout, ping
 from .timing import Emit
 
 Scenario = Callable[[dict[str, Any], Emit], Coroutine[Any, Any, dict[str, Any]]]
-SCENARIOS: dict[str, Scenario] = {"fanout": fanout.run, "ping": ping.run}
+
+
+async def crossinstance(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """fanout with members on two instances (ports); per-instance latency in `groups`."""
+    result = await fanout.run(spec, emit)
+    result["scenario"] = "crossinstance"
+    return result
+
+
+SCENARIOS: dict[str, Scenario] = {"fanout": fanout.run, "ping": ping.run,
+                                  "capacity": capacity.run, "crossinstance": crossinstance}
 
 
 def emit(event: str) -> None:

@@ -1,21 +1,27 @@
 """One benchmark run against one server: prepare, start (CPU 0), generate load (CPU 1), measure.
 
-The generator child prints phase events; at each one the server's CPU counters are read, so
-the server's CPU is attributed to exactly the publishing interval the generator measured.
+The generator child prints phase events; at each one the CPU counters of every process the run
+owns are read (server instances, PostgreSQL and Redis), so each one's CPU is attributed
+to exactly the publishing interval the generator measured. The capacity scenario prefixes its
+events with the step (`s3:measure_start`), so each step gets its own figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import servers, sysload, targets
+from .backends import Backends
+from .placement import Placement
 from .procstats import ProcTree
 
 
@@ -23,7 +29,7 @@ from .procstats import ProcTree
 class Mark:
     """What was read when the generator announced a phase change."""
 
-    server_cpu_s: float
+    cpu_s: dict[str, float]  # "server", "server0", "server1", ..., "services"
     t_ns: int
     machine: sysload.CpuTimes
     own_cpu_s: float  # the orchestrator's own CPU, so it can be excluded from "other load"
@@ -39,37 +45,90 @@ class RunConfig:
     token: str
     startup_timeout: float
     run_timeout: float  # hard bound on the generator's whole life
+    processes: int = 1  # chatserver [server] processes
+    placement: Placement = field(default_factory=Placement)
+    gc_stats: bool = False  # time the server's GC collections (servers.gc_probe_env)
+
+    @property
+    def instances(self) -> int:
+        return len(self.placement.instance_cpus)
 
 
-async def run_one(cfg: RunConfig) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"bench-{cfg.label}-") as tmp_name:
+@dataclass
+class Trees:
+    """Every process tree whose CPU a run accounts for."""
+
+    servers: list[ProcTree]
+    services: list[ProcTree]
+
+    def all(self) -> Iterator[ProcTree]:
+        yield from self.servers
+        yield from self.services
+
+    def read(self) -> dict[str, float]:
+        cpu = {f"server{i}": t.cpu_seconds() for i, t in enumerate(self.servers)}
+        cpu["server"] = sum(cpu.values())
+        cpu["services"] = sum(t.cpu_seconds() for t in self.services)
+        return cpu
+
+    async def sample_forever(self, interval: float) -> None:
+        while True:
+            for tree in self.all():
+                tree.sample()
+            await asyncio.sleep(interval)
+
+
+async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{cfg.label.replace(' ', '-')}-") as tmp_name:
         tmp = Path(tmp_name)
-        port = servers.free_port()
+        ports = [servers.free_port() for _ in range(cfg.instances)]
         prep = await asyncio.to_thread(
-            targets.prepare, cfg.kind, tmp, port, room=str(cfg.spec.get("room", "bench")),
-            with_pinger=cfg.scenario == "ping", server_cmd=cfg.server_cmd, token=cfg.token)
-        argv = servers.pinned(0, prep.argv)
-        server = servers.ManagedProcess(argv, tmp / "server.log")
+            targets.prepare, cfg.kind, tmp, ports, label=cfg.label,
+            room=str(cfg.spec.get("room", "bench")), with_pinger=cfg.scenario == "ping",
+            server_cmd=cfg.server_cmd, token=cfg.token, processes=cfg.processes,
+            backends=backends)
+        argvs = [servers.pinned(cpus, argv)
+                 for cpus, argv in zip(cfg.placement.instance_cpus, prep.argvs, strict=True)]
+        gc_dir = tmp / "gc"
+        gc_dir.mkdir()
+        env = servers.gc_probe_env(gc_dir) if cfg.gc_stats else None
+        procs = [servers.ManagedProcess(argv, tmp / f"server-{i}.log", env)
+                 for i, argv in enumerate(argvs)]
         try:
-            await servers.wait_healthy(server, port, cfg.startup_timeout)
-            tree = ProcTree(server.pid)
-            sampler = asyncio.create_task(tree.sample_forever(0.2))
+            for proc, port in zip(procs, ports, strict=True):
+                await servers.wait_healthy(proc, port, cfg.startup_timeout)
+                if cfg.processes > 1:
+                    await servers.wait_listening(proc, port, cfg.processes, cfg.startup_timeout)
+            trees = Trees([ProcTree(p.pid) for p in procs],
+                          [ProcTree(pid) for pid in (backends.pids() if backends else [])])
+            sampler = asyncio.create_task(trees.sample_forever(0.2))
             try:
-                spec = {**cfg.spec, "scenario": cfg.scenario, "host": "127.0.0.1", "port": port,
-                        "token": prep.token}
-                result, marks = await _generate(spec, tmp, tree, cfg.run_timeout, server)
+                spec = {**cfg.spec, "scenario": cfg.scenario, "host": "127.0.0.1",
+                        "port": ports[0], "ports": ports, "token": prep.token,
+                        "protocol": prep.protocol}
+                result, marks = await _generate(cfg.label, spec, tmp, trees, cfg.run_timeout,
+                                                procs[0])
             finally:
                 sampler.cancel()
-            tree.sample()
+            for tree in trees.all():
+                tree.sample()
         finally:
-            exit_status = await asyncio.to_thread(server.stop)
-        result.update(_server_figures(result, marks, tree))
-        result.update({"target": cfg.label, "server_argv": argv, "prepare": prep.notes,
-                       "server_exit_status": exit_status})
+            exit_statuses = [await asyncio.to_thread(p.stop) for p in procs]
+        result.update(_server_figures(result, marks, trees))
+        if cfg.gc_stats:
+            result["server_gc"] = servers.read_gc_stats(gc_dir)
+        if result["scenario"] == "capacity":
+            _step_figures(result, marks)
+        result.update({"target": cfg.label, "server_argv": argvs[0], "server_argvs": argvs,
+                       "prepare": prep.notes, "server_exit_status": exit_statuses[0],
+                       "server_exit_statuses": exit_statuses, "processes": cfg.processes,
+                       "placement": cfg.placement.note, "cpu_share": cfg.placement.share,
+                       "services": bool(trees.services),
+                       "config": [Path(c).read_text() for c in prep.config_files]})
         return result
 
 
-async def _generate(spec: dict[str, Any], tmp: Path, tree: ProcTree, timeout: float,
+async def _generate(label: str, spec: dict[str, Any], tmp: Path, trees: Trees, timeout: float,
                     server: servers.ManagedProcess
                     ) -> tuple[dict[str, Any], dict[str, Mark]]:
     """Run the generator child; returns its result and the Mark taken at each phase event."""
@@ -84,7 +143,7 @@ async def _generate(spec: dict[str, Any], tmp: Path, tree: ProcTree, timeout: fl
     servers.register(proc.pid)
     marks: dict[str, Mark] = {}
     try:
-        await asyncio.wait_for(_read_events(proc, tree, marks), timeout)
+        await asyncio.wait_for(_read_events(label, proc, trees, marks), timeout)
         await asyncio.wait_for(proc.wait(), 10)
     finally:
         servers.kill_group(proc.pid)  # no-op when it exited; ensures it is gone on error
@@ -103,7 +162,7 @@ def _open_log(path: Path) -> BinaryIO:
     return open(path, "wb")  # the child keeps its own copy of the descriptor
 
 
-async def _read_events(proc: asyncio.subprocess.Process, tree: ProcTree,
+async def _read_events(label: str, proc: asyncio.subprocess.Process, trees: Trees,
                        marks: dict[str, Mark]) -> None:
     assert proc.stdout is not None
     async for line in proc.stdout:
@@ -111,36 +170,67 @@ async def _read_events(proc: asyncio.subprocess.Process, tree: ProcTree,
             event = json.loads(line)["event"]
         except (ValueError, KeyError):
             continue
-        marks[event] = Mark(tree.cpu_seconds(), time.monotonic_ns(), sysload.read(),
+        if event.startswith("log:"):  # progress of a long scenario, for the operator
+            print(f"    {label}: {event[4:]}", flush=True)
+            continue
+        marks[event] = Mark(trees.read(), time.monotonic_ns(), sysload.read(),
                             time.process_time())
 
 
 def _server_figures(result: dict[str, Any], marks: dict[str, Mark],
-                    tree: ProcTree) -> dict[str, Any]:
+                    trees: Trees) -> dict[str, Any]:
     """Server CPU over the load (publish start to drain end) and over the measured window."""
-    figures: dict[str, Any] = {"server_peak_rss_mb": tree.peak_rss / 2**20,
-                               "server_procs_max": tree.max_procs}
+    figures: dict[str, Any] = {
+        "server_peak_rss_mb": sum(t.peak_rss for t in trees.servers) / 2**20,
+        "server_procs_max": sum(t.max_procs for t in trees.servers)}
     if {"publish_start", "drain_end"} <= marks.keys():
-        cpu = marks["drain_end"].server_cpu_s - marks["publish_start"].server_cpu_s
+        cpu = marks["drain_end"].cpu_s["server"] - marks["publish_start"].cpu_s["server"]
         figures["server_cpu_s"] = cpu
         deliveries = result.get("deliveries_total")
         if deliveries:
             figures["server_cpu_per_delivery_us"] = 1e6 * cpu / deliveries
     if {"measure_start", "send_end"} <= marks.keys():
-        figures.update(_window_figures(result, marks["measure_start"], marks["send_end"]))
+        figures.update(window_figures(result.get("generator_cpu_pct", 0.0),
+                                      marks["measure_start"], marks["send_end"]))
     return figures
 
 
-def _window_figures(result: dict[str, Any], m0: Mark, m1: Mark) -> dict[str, Any]:
-    """Server CPU % in the measured window, and what everything else on the machine used."""
+def _step_figures(result: dict[str, Any], marks: dict[str, Mark]) -> None:
+    """Capacity: CPU figures of each step's measured window, into the step itself."""
+    for step in result["steps"]:
+        m0, m1 = (marks.get(f"s{step['step']}:{e}") for e in ("measure_start", "send_end"))
+        if m0 is None or m1 is None:
+            continue
+        step.update(window_figures(step["generator_cpu_pct"], m0, m1))
+        rate = step["achieved_deliveries_per_s"]
+        if rate:
+            step["server_cpu_per_delivery_us"] = \
+                1e4 * step["server_cpu_pct_measured"] / rate  # (pct / 100) s per s, in us
+    best = result.get("sustainable_step")
+    if best is not None:
+        for key in ("server_cpu_pct_measured", "server_cpu_per_delivery_us", "machine_cpu_pct",
+                    "other_cpu_pct", "services_cpu_pct", "softirq_cpu_pct", "instance_cpu_pct"):
+            with contextlib.suppress(KeyError):
+                result[key] = result["steps"][best][key]
+        result["generator_cpu_pct"] = result["steps"][best]["generator_cpu_pct"]
+
+
+def window_figures(generator_pct: float, m0: Mark, m1: Mark) -> dict[str, Any]:
+    """CPU % of everything in a window: server, its instances, services, and everyone else."""
     wall = max(1e-9, (m1.t_ns - m0.t_ns) / 1e9)
-    server = m1.server_cpu_s - m0.server_cpu_s
-    generator = result.get("generator_cpu_pct", 0.0) / 100.0 * wall
+
+    def pct(key: str) -> float:
+        return 100.0 * (m1.cpu_s.get(key, 0.0) - m0.cpu_s.get(key, 0.0)) / wall
+
     machine = sysload.busy_seconds(m0.machine, m1.machine)
     softirq = sysload.softirq_seconds(m0.machine, m1.machine)
-    other = machine - softirq - server - generator - (m1.own_cpu_s - m0.own_cpu_s)
+    ours = (pct("server") + pct("services") + generator_pct) / 100.0 * wall
+    other = machine - softirq - ours - (m1.own_cpu_s - m0.own_cpu_s)
+    instances = sorted(k for k in m1.cpu_s if k.startswith("server") and k != "server")
     return {
-        "server_cpu_pct_measured": 100.0 * server / wall,
+        "server_cpu_pct_measured": pct("server"),
+        "instance_cpu_pct": [pct(k) for k in instances],
+        "services_cpu_pct": pct("services"),
         "machine_cpu_pct": {k: round(v, 1) for k, v in
                             sysload.per_cpu_pct(m0.machine, m1.machine).items()},
         "softirq_cpu_pct": 100.0 * softirq / wall,

@@ -7,7 +7,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -30,7 +30,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": model,
         "python": sys.version.split()[0],
         "kernel": platform.release(),
-        "packages": {name: _version(name) for name in ("aiohttp", "uvloop", "chatserver")},
+        "packages": {name: _version(name) for name in
+                     ("aiohttp", "uvloop", "chatserver", "asyncpg", "redis", "python-socketio")},
         "git_commit": _git_commit(),
     }
 
@@ -56,12 +57,17 @@ def command_line() -> str:
     return shlex.join([sys.executable, *sys.argv])
 
 
-def header(info: dict[str, Any]) -> str:
+def header(info: dict[str, Any], sections: Sequence[Any] = ()) -> str:
+    """Command, machine, and where every process of every run is placed."""
     pkgs = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
-    return (f"$ {command_line()}\n"
-            f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Linux {info['kernel']}, "
-            f"Python {info['python']}, {pkgs}, commit {info['git_commit'] or 'none'}\n"
-            "server pinned to CPU 0, load generator pinned to CPU 1\n")
+    lines = [f"$ {command_line()}",
+             f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Linux {info['kernel']}, "
+             f"Python {info['python']}, {pkgs}, commit {info['git_commit'] or 'none'}",
+             "load generator pinned to CPU 1; server on CPU 0 unless said otherwise below"]
+    for section in sections:
+        for cfg in section.configs:
+            lines.append(f"{cfg.label} ({cfg.scenario}): {cfg.placement.note}")
+    return "\n".join(lines) + "\n"
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -71,6 +77,36 @@ def _f(value: Any, digits: int = 1) -> str:
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
+
+def per_instance(r: Run) -> str:
+    """Members per server instance (process), as the servers reported them."""
+    counts = sorted(r.get("members_per_instance", {}).values(), reverse=True)
+    return " / ".join(str(c) for c in counts) if counts else "-"
+
+
+def cpu_pair(r: Run) -> str:
+    cpus = r.get("machine_cpu_pct", {})
+    return " / ".join(_f(cpus.get(f"cpu{i}")) for i in (0, 1))
+
+
+def gc_row(r: Run) -> str:
+    """Full collections and their longest pause; all collections' time (whole server life)."""
+    gc = r.get("server_gc")
+    if not gc:
+        return "-"
+    gens = gc["generations"]
+    total = sum(g["total_ms"] for g in gens.values())
+    return (f"{gens['2']['count']} / {gens['2']['max_ms']:.1f} ms; all gens "
+            f"{total:,.0f} ms")
+
+
+PLACEMENT_ROWS: list[Row] = [
+    ("members per server process", per_instance),
+    ("server GC: full collections / max pause", gc_row),
+    ("PostgreSQL + Redis CPU %",
+     lambda r: _f(r.get("services_cpu_pct")) if r.get("services") else "-"),
+    ("CPU 0 / CPU 1 busy %", cpu_pair),
+]
 
 FANOUT_ROWS: list[Row] = [
     ("clients connected", lambda r: f"{r['connected']}/{r['clients']}"),
@@ -94,6 +130,7 @@ FANOUT_ROWS: list[Row] = [
     ("generator CPU %", lambda r: _f(r["generator_cpu_pct"])),
     ("publisher max lag ms", lambda r: _f(r["publisher_max_lag_ms"], 2)),
     ("drained / drain s", lambda r: f"{'yes' if r['drained'] else 'NO'} / {r['drain_s']}"),
+    *PLACEMENT_ROWS,
     ("kernel softirq CPU %", lambda r: _f(r.get("softirq_cpu_pct"))),
     ("other CPU on machine %", lambda r: _f(r.get("other_cpu_pct"))),
 ]
@@ -123,7 +160,10 @@ def table(runs: dict[str, Run], rows: list[Row]) -> str:
     labels = list(runs)
     lines = ["| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for name, get in rows:
-        lines.append(f"| {name} | " + " | ".join(str(get(runs[k])) for k in labels) + " |")
+        cells = [str(get(runs[k])) for k in labels]
+        if all(c == "-" for c in cells):
+            continue  # nothing measured in any run (e.g. GC without --gc-stats)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,25 +182,21 @@ def ratios(main: Run, base: Run) -> dict[str, float | None]:
     }
 
 
-def ratio_lines(main_label: str, r: dict[str, float | None]) -> str:
-    names = {"p99": "p99 latency", "deliveries_per_s": "deliveries/s",
-             "cpu_per_delivery": "server CPU per delivery", "ping_p99": "ping RTT p99",
-             "md_messages_per_s": "Markdown msgs/s", "logins_per_s": "logins/s"}
-    return "\n".join(f"- {names[k]}: {main_label} / baseline = {_f(v, 3)}" for k, v in r.items())
+RATIO_NAMES = {"p99": "p99 latency", "deliveries_per_s": "deliveries/s",
+               "cpu_per_delivery": "server CPU per delivery", "ping_p99": "ping RTT p99",
+               "md_messages_per_s": "Markdown msgs/s", "logins_per_s": "logins/s",
+               "sustainable_deliveries_per_s": "sustainable deliveries/s",
+               "p99_at_sustainable": "p99 at the sustainable rate"}
 
 
-def render(runs: dict[str, Run], ratio_figures: dict[str, float | None] | None) -> str:
-    first = next(iter(runs.values()))
-    rows = PING_ROWS if first["scenario"] == "ping" else FANOUT_ROWS
-    out = [table(runs, rows)]
-    if ratio_figures is not None:
-        out.append("\n" + ratio_lines(next(iter(runs)), ratio_figures))
+def ratio_lines(main_label: str, base_label: str, r: dict[str, float | None]) -> str:
+    return "\n".join(f"- {RATIO_NAMES[k]}: {main_label} / {base_label} = {_f(v, 3)}"
+                     for k, v in r.items() if k in RATIO_NAMES)
+
+
+def warnings(runs: dict[str, Run]) -> list[str]:
+    out = []
     for label, run in runs.items():
-        if run["scenario"] == "ping":
-            p99 = run["ping_rtt_ms"]["p99"]
-            verdict = "met" if p99 < PING_P99_TARGET_MS else "NOT met"
-            out.append(f"\n{label}: ping RTT p99 {p99:.1f} ms; "
-                       f"target < {PING_P99_TARGET_MS:.0f} ms {verdict}")
         other = run.get("other_cpu_pct", 0.0)
         if other > OTHER_LOAD_WARN_PCT:
             out.append(f"\nWARNING: {label}: other processes used {other:.0f}% of a core during "
@@ -169,4 +205,23 @@ def render(runs: dict[str, Run], ratio_figures: dict[str, float | None] | None) 
         if run.get("generator_cpu_pct", 0.0) > 85.0:
             out.append(f"\nWARNING: {label}: the generator used {run['generator_cpu_pct']:.0f}% "
                        "of its core: the results may measure the generator, not the server.")
-    return "\n".join(out)
+    return out
+
+
+def render_basic(runs: dict[str, Run], ratio_figures: dict[str, float | None] | None,
+                 compare: str) -> str:
+    """fanout and ping tables, with ratios of the first run to the second."""
+    first = next(iter(runs.values()))
+    rows = PING_ROWS if first["scenario"] == "ping" else FANOUT_ROWS
+    out = [table(runs, rows)]
+    labels = list(runs)
+    if ratio_figures is not None and len(labels) >= 2:
+        main, base = (labels[-1], labels[0]) if compare == "processes" else labels[:2]
+        out.append("\n" + ratio_lines(main, base, ratio_figures))
+    for label, run in runs.items():
+        if run["scenario"] == "ping":
+            p99 = run["ping_rtt_ms"]["p99"]
+            verdict = "met" if p99 < PING_P99_TARGET_MS else "NOT met"
+            out.append(f"\n{label}: ping RTT p99 {p99:.1f} ms; "
+                       f"target < {PING_P99_TARGET_MS:.0f} ms {verdict}")
+    return "\n".join(out + warnings(runs))

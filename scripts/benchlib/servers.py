@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -43,8 +45,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    """`argv` run under `taskset -c cpu` (taskset execs, so the pid is the program's own)."""
+def pinned(cpu: int | str, argv: list[str]) -> list[str]:
+    """`argv` run under `taskset -c cpu` (taskset execs, so the pid is the program's own).
+
+    `cpu` may be a list such as "0,1"."""
     return ["taskset", "-c", str(cpu), *argv]
 
 
@@ -54,6 +58,39 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS_DIR), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+GC_PROBE_DIR = Path(__file__).resolve().parent / "gcprobe"
+
+
+def gc_probe_env(out_dir: Path) -> dict[str, str]:
+    """child_env() plus the `--gc-stats` probe (gcprobe/sitecustomize.py) writing to out_dir."""
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(GC_PROBE_DIR), env["PYTHONPATH"]])
+    env["BENCH_GC_STATS_DIR"] = str(out_dir)
+    return env
+
+
+def read_gc_stats(out_dir: Path) -> dict[str, Any] | None:
+    """The probe's files merged: per generation, collections and time summed, max pause.
+
+    Only the server processes count (their argv names --config or --port), not helpers such as
+    a Markdown pool's forkserver, which inherit the environment.
+    """
+    merged = {str(g): {"count": 0, "total_ms": 0.0, "max_ms": 0.0} for g in range(3)}
+    found = 0
+    for path in out_dir.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads(path.read_text())
+            if not {"--config", "--port"} & set(doc.get("argv", [])):
+                continue
+            found += 1
+            for g, s in doc["generations"].items():
+                m = merged[str(g)]
+                m["count"] += s["count"]
+                m["total_ms"] += s["total_ms"]
+                m["max_ms"] = max(m["max_ms"], s["max_ms"])
+    return {"processes": found, "generations": merged} if found else None
 
 
 def raise_fd_limit() -> None:
@@ -68,7 +105,8 @@ def raise_fd_limit() -> None:
 class ManagedProcess:
     """A child in its own process group, with output to a log file, killed on stop()."""
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
@@ -77,7 +115,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
-            env=child_env(),
+            env=env or child_env(),
             start_new_session=True,
             # safe here: our only other threads are idle executor workers holding no locks
             preexec_fn=die_with_parent,  # noqa: PLW1509
@@ -166,6 +204,33 @@ async def wait_healthy(server: ManagedProcess, port: int, timeout: float) -> Non
                         return
             await asyncio.sleep(0.1)
     raise RuntimeError(f"server not healthy after {timeout} s:\n{server.log_tail()}")
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (SO_REUSEPORT workers each have one)."""
+    want = f"0100007F:{port:04X}"
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)  # header
+        for line in f:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":  # 0A: TCP_LISTEN
+                count += 1
+    return count
+
+
+async def wait_listening(server: ManagedProcess, port: int, sockets: int, timeout: float) -> None:
+    """Wait until `sockets` workers listen on `port`.
+
+    /healthz answers as soon as the first worker listens; members that connected before the
+    others bound the port would all land on that first one.
+    """
+    deadline = time.monotonic() + timeout
+    while listening_sockets(port) < sockets:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{listening_sockets(port)} of {sockets} workers listen on port "
+                               f"{port}:\n{server.log_tail()}")
+        await asyncio.sleep(0.1)
 
 
 def run_cli(argv: list[str], stdin: bytes = b"", timeout: float = 60.0) -> str:

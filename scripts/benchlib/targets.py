@@ -1,6 +1,10 @@
 """The servers a run can target, and how each is prepared in its temp dir before it starts.
 
-- `chatserver`: TOML config + admin CLI (PROTOCOL section 8): user, API token, room.
+- `chatserver`: TOML config + admin CLI (PROTOCOL section 8): user, API token, room. With
+  `--backend postgres-redis` the TOML names a fresh PostgreSQL database and the Redis broker;
+  one config file per instance (they differ only in the port), users and rooms made once.
+- `socketio`: the python-socketio peer (`socketio_server.py`), with AsyncRedisManager when
+  there is a Redis; speaks socket.io, not chatserver's protocol.
 - `naive`: the baseline reference server (`naive_server.py`); accepts any token.
 - `firehose`: a near-free server to calibrate the generator (`firehose_server.py`).
 - `custom`: `--server-cmd` with `{port}` and `{tmp}` placeholders; `--token` is used as is.
@@ -8,10 +12,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import Backends
 from .servers import python_module, run_cli
 
 PINGER_USER = "pinger"
@@ -21,19 +28,58 @@ BENCH_USER = "bench"
 
 @dataclass(frozen=True)
 class Prepared:
-    argv: list[str]  # the server command, not yet pinned
+    argvs: list[list[str]]  # the server command of each instance, not yet pinned
     token: str
     notes: list[str]  # what was done to prepare it, for the report
+    protocol: str = "chatserver"  # the generator's dialect: fanout.DIALECTS
+    config_files: list[str] = field(default_factory=list)
 
 
-def chatserver_config(tmp: Path, port: int) -> str:
+@dataclass(frozen=True)
+class Storage:
+    """Where a chatserver run keeps its messages and passes events between processes."""
+
+    sqlite_path: Path
+    dsn: str = ""  # PostgreSQL when set
+    redis_url: str = ""  # Redis broker when set
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+# Every benchmark connection is the same user, so per-user and per-instance connection caps
+# must be out of the way. Written only when this chatserver has the key: an unknown key stops
+# start-up (exit 78), and the caps are newer than the harness.
+CONNECTION_CAPS = {"connections_per_user": 1_000_000, "connections_per_instance": 1_000_000}
+
+
+def _limits_section() -> str:
+    from chatserver.config import LimitsConfig  # the installed chatserver's own keys
+
+    known = {f.name for f in dataclasses.fields(LimitsConfig)}
+    lines = [f"{k} = {v}\n" for k, v in CONNECTION_CAPS.items() if k in known]
+    return "[limits]\n" + "".join(lines) if lines else ""
+
+
+def chatserver_config(port: int, storage: Storage, processes: int = 1) -> str:
     """The TOML the brief prescribes: free port, temp store, no rate limit on the publisher,
-    and login throttling lifted so the ping scenario's logins really verify passwords."""
+    no connection caps (one user holds every connection), and login throttling lifted so the
+    ping scenario's logins really verify passwords."""
+    if storage.dsn:
+        store = f'backend = "postgres"\ndsn = {_toml_str(storage.dsn)}\n'
+    else:
+        store = f"path = {_toml_str(str(storage.sqlite_path))}\n"
+    broker = f'[broker]\nbackend = "redis"\nurl = {_toml_str(storage.redis_url)}\n' \
+        if storage.redis_url else ""
     return (
         "[server]\n"
         f"port = {port}\n"
+        f"processes = {processes}\n"
         "[store]\n"
-        f'path = "{tmp / "bench.db"}"\n'
+        f"{store}"
+        f"{broker}"
+        f"{_limits_section()}"
         "[limits.rate]\n"
         "per_second = 100000\n"
         "burst = 100000\n"
@@ -47,10 +93,15 @@ def chatserver_config(tmp: Path, port: int) -> str:
     )
 
 
-def prepare_chatserver(tmp: Path, port: int, room: str, with_pinger: bool) -> Prepared:
-    cfg = tmp / "bench.toml"
-    cfg.write_text(chatserver_config(tmp, port))
-    cli = python_module("chatserver", "--config", str(cfg))
+def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool,
+                       storage: Storage, processes: int) -> Prepared:
+    configs = []
+    for i, port in enumerate(ports):
+        cfg = tmp / f"bench-{i}.toml"
+        cfg.write_text(chatserver_config(port, storage, processes))
+        configs.append(cfg)
+    argvs = [python_module("chatserver", "--config", str(cfg)) for cfg in configs]
+    cli = argvs[0]  # every instance shares the store: users and rooms are made once
     notes = [" ".join(cli + ["user", "add", BENCH_USER]) + " < /dev/null"]
     run_cli(cli + ["user", "add", BENCH_USER])  # empty stdin: the CLI generates a password
     lines = [ln.strip() for ln in run_cli(cli + ["user", "token", BENCH_USER]).splitlines()]
@@ -64,32 +115,52 @@ def prepare_chatserver(tmp: Path, port: int, room: str, with_pinger: bool) -> Pr
         run_cli(cli + ["user", "add", PINGER_USER], stdin=f"{PINGER_PASSWORD}\n".encode())
         add_pinger = " ".join(cli + ["user", "add", PINGER_USER])
         notes.append(f"printf '{PINGER_PASSWORD}\\n' | {add_pinger}")
-    return Prepared(cli, token, notes)
+    return Prepared(argvs, token, notes, config_files=[str(c) for c in configs])
+
+
+def prepare_socketio(ports: list[int], redis_url: str) -> Prepared:
+    argvs = [python_module("benchlib.socketio_server", "--port", str(port),
+                           *(["--redis", redis_url] if redis_url else [])) for port in ports]
+    manager = "AsyncRedisManager" if redis_url else "in-process AsyncManager"
+    return Prepared(argvs, "", [f"python-socketio AsyncServer (aiohttp, uvloop), {manager}, "
+                                "no message store"], protocol="socketio")
 
 
 def prepare_naive(tmp: Path, port: int) -> Prepared:
     argv = python_module("benchlib.naive_server", "--port", str(port), "--db",
                          str(tmp / "naive.db"), "--user", f"{PINGER_USER}:{PINGER_PASSWORD}")
-    return Prepared(argv, "bench", [])
+    return Prepared([argv], "bench", [])
 
 
 def prepare_firehose(port: int) -> Prepared:
-    return Prepared(python_module("benchlib.firehose_server", "--port", str(port)), "bench", [])
+    return Prepared([python_module("benchlib.firehose_server", "--port", str(port))], "bench",
+                    [])
 
 
 def prepare_custom(template: str, tmp: Path, port: int, token: str) -> Prepared:
     argv = [part.format(port=port, tmp=tmp) for part in shlex.split(template)]
-    return Prepared(argv, token, [])
+    return Prepared([argv], token, [])
 
 
-def prepare(kind: str, tmp: Path, port: int, *, room: str, with_pinger: bool,
-            server_cmd: str | None, token: str) -> Prepared:
+def prepare(kind: str, tmp: Path, ports: list[int], *, label: str, room: str,
+            with_pinger: bool, server_cmd: str | None, token: str, processes: int,
+            backends: Backends | None) -> Prepared:
+    """Prepare one run; several `ports` mean several instances (chatserver and socketio)."""
+    redis_url = backends.redis_url if backends else ""
     if kind == "chatserver":
-        return prepare_chatserver(tmp, port, room, with_pinger)
+        dsn = backends.new_database(label) if backends else ""
+        storage = Storage(tmp / "bench.db", dsn, redis_url)
+        return prepare_chatserver(tmp, ports, room, with_pinger, storage, processes)
+    if kind == "socketio":
+        if processes != 1:
+            raise ValueError("the socketio peer runs as one process per instance")
+        return prepare_socketio(ports, redis_url)
+    if len(ports) != 1 or processes != 1:
+        raise ValueError(f"target {kind!r} runs as one process")
     if kind == "naive":
-        return prepare_naive(tmp, port)
+        return prepare_naive(tmp, ports[0])
     if kind == "firehose":
-        return prepare_firehose(port)
+        return prepare_firehose(ports[0])
     if kind == "custom" and server_cmd:
-        return prepare_custom(server_cmd, tmp, port, token)
+        return prepare_custom(server_cmd, tmp, ports[0], token)
     raise ValueError(f"unknown target {kind!r}")

@@ -105,12 +105,15 @@ def test_small_fanout_against_both_servers_loses_nothing(tmp_path: Path) -> None
 def test_socketio_peer_fanout_and_capacity(tmp_path: Path) -> None:
     """--peer socketio speaks socket.io to the python-socketio server: fanout, then capacity."""
     stdout, doc = bench(tmp_path, "--scenario", "fanout", *TINY, "--peer", "socketio",
-                        *TINY_CAPACITY, timeout=55)
+                        *TINY_CAPACITY, "--gc-stats", timeout=55)
     assert set(doc["runs"]) == {"chatserver", "socketio", "chatserver capacity",
                                 "socketio capacity"}
     for label in ("chatserver", "socketio"):
         assert_fanout_clean(label, doc["runs"][label])
     assert doc["runs"]["socketio"]["protocol"] == "socketio"
+    for run in doc["runs"].values():  # --gc-stats: one server process each, timed
+        assert run["server_gc"]["processes"] == 1, run["server_gc"]
+        assert run["server_gc"]["generations"]["0"]["count"] > 0
     for label in ("chatserver capacity", "socketio capacity"):
         assert_capacity_clean(label, doc["runs"][label])
     assert [s["compare"] for s in doc["sections"]] == ["peer", "peer"]

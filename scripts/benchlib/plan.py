@@ -1,0 +1,152 @@
+"""From the command line to the list of runs: which targets, which scenario, where they run.
+
+Runs are grouped in sections; each section is one table in the report, and its `compare` says
+how its runs relate (what the ratios under the table mean):
+
+- "baseline": chatserver vs the naive server (`--baseline`)
+- "peer": chatserver vs python-socketio (`--peer socketio`)
+- "processes": chatserver with different process counts (`--compare-processes`)
+- "": a single run (crossinstance reports its own A/B difference)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from . import placement
+from .backends import Backends
+from .orchestrate import RunConfig
+from .placement import Placement
+from .targets import PINGER_PASSWORD, PINGER_USER
+
+CAPACITY_KEYS = ("start_rate", "max_rate", "refine", "step_warmup", "step_duration",
+                 "step_min_messages", "max_steps")
+
+
+@dataclass(frozen=True)
+class Section:
+    scenario: str
+    configs: list[RunConfig]
+    compare: str
+
+
+def process_counts(args: argparse.Namespace) -> list[int]:
+    if args.compare_processes:
+        return [int(n) for n in args.compare_processes.split(",") if n.strip()]
+    return [args.processes]
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with a combination of options, or None."""
+    try:
+        counts = process_counts(args)
+    except ValueError:
+        return "--compare-processes takes process counts such as 1,2"
+    if not counts or min(counts) < 1:
+        return "process counts must be at least 1"
+    several = max(counts) > 1 or bool(args.compare_processes)
+    if several and args.backend != "postgres-redis":
+        return "several chatserver processes share messages only through Redis: add " \
+               "--backend postgres-redis"
+    if several and (args.target != "chatserver" or args.server_cmd):
+        return "--processes and --compare-processes apply to chatserver only"
+    if args.compare_processes and args.scenario not in ("capacity", "fanout"):
+        return "--compare-processes works with --scenario capacity (or fanout)"
+    if args.compare_processes and (args.peer or args.baseline):
+        return "--compare-processes runs chatserver only: drop --peer/--baseline"
+    if args.scenario == "crossinstance":
+        if args.backend != "postgres-redis":
+            return "crossinstance needs --backend postgres-redis (two instances, one store, Redis)"
+        if max(counts) > 1 or args.peer or args.baseline or args.target != "chatserver":
+            return "crossinstance runs two single-process chatserver instances, nothing else"
+    if args.peer and args.baseline:
+        return "use --baseline or --peer, one at a time"
+    if args.peer and args.scenario == "ping":
+        return "the socketio peer speaks only the fanout subset (fanout, capacity)"
+    if args.start_rate <= 0 or args.max_rate < args.start_rate:
+        return "--start-rate must be positive and at most --max-rate"
+    return None
+
+
+def scenario_spec(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
+    common = {"room": args.room, "duration": args.duration, "warmup": args.warmup,
+              "drain": args.drain, "connect_timeout": args.connect_timeout}
+    if scenario == "ping":
+        return {**common, "md_senders": 4, "md_size": 8192, "login_concurrency": 20,
+                "login_user": PINGER_USER, "login_password": PINGER_PASSWORD}
+    spec = {**common, "clients": args.clients, "rate": args.rate, "size": args.size,
+            "connect_concurrency": args.connect_concurrency}
+    if scenario == "capacity":
+        spec.update({k: getattr(args, k) for k in CAPACITY_KEYS})
+        spec["p99_bound_ms"] = args.p99_bound
+    return spec
+
+
+def run_timeout(args: argparse.Namespace, scenario: str) -> float:
+    """A hard bound on one generator's life: the run stops even if a server hangs."""
+    if scenario == "capacity":
+        longest = max(args.step_duration, args.step_min_messages / args.start_rate * 16)
+        per_step: float = args.step_warmup + longest + args.drain + 5 + args.connect_timeout
+        return 120.0 + int(args.max_steps) * per_step
+    once: float = args.warmup + args.duration + 2 * args.drain
+    return 120.0 + once
+
+
+def _config(args: argparse.Namespace, scenario: str, label: str, kind: str, *,
+            processes: int = 1, where: Placement | None = None) -> RunConfig:
+    custom = kind == "chatserver" and args.server_cmd
+    return RunConfig(label, "custom" if custom else kind, scenario, scenario_spec(args, scenario),
+                     args.server_cmd if custom else None, args.token, args.startup_timeout,
+                     run_timeout(args, scenario), processes, where or Placement(), args.gc_stats)
+
+
+def _main_configs(args: argparse.Namespace, scenario: str, suffix: str) -> list[RunConfig]:
+    label = "chatserver" if args.target == "chatserver" and not args.server_cmd else \
+        ("custom" if args.server_cmd else args.target)
+    if scenario == "crossinstance":
+        return [_config(args, scenario, label + suffix, args.target,
+                        where=placement.for_instances(args.cross_pin))]
+    counts = process_counts(args)
+    if len(counts) == 1 and not args.compare_processes:
+        n = counts[0]
+        if n == 1:
+            return [_config(args, scenario, label + suffix, args.target)]
+        return [_config(args, scenario, f"{label} x{n} {share}{suffix}", args.target,
+                        processes=n, where=placement.for_processes(n, share))
+                for share in placement.shares(args.cpu_share)]
+    configs = []
+    for n in counts:
+        for share in placement.shares(args.cpu_share) if n > 1 else ["spread"]:
+            name = f"{label} x{n}" + (f" {share}" if n > 1 else "")
+            configs.append(_config(args, scenario, name + suffix, args.target, processes=n,
+                                   where=placement.for_processes(n, share)))
+    return configs
+
+
+def sections(args: argparse.Namespace) -> list[Section]:
+    main = _main_configs(args, args.scenario, "")
+    if args.compare_processes:
+        return [Section(args.scenario, main, "processes")]
+    if args.baseline:
+        main.append(_config(args, args.scenario, "baseline", "naive"))
+        out = [Section(args.scenario, main, "baseline")]
+    elif args.peer:
+        main.append(_config(args, args.scenario, args.peer, args.peer))
+        out = [Section(args.scenario, main, "peer")]
+    else:
+        return [Section(args.scenario, main, "")]
+    if args.peer and args.scenario == "fanout" and not args.no_peer_capacity:
+        # the issue compares sustainable deliveries/s too: measure both in the same invocation
+        cap = _main_configs(args, "capacity", " capacity")
+        cap.append(_config(args, "capacity", f"{args.peer} capacity", args.peer))
+        out.append(Section("capacity", cap, "peer"))
+    return out
+
+
+def backend_note(args: argparse.Namespace, backends: Backends | None) -> str:
+    if backends is None:
+        return "SQLite store file and in-process broker (socketio: in-process AsyncManager)"
+    return (f"PostgreSQL + Redis (throwaway, {backends.placement()}); "
+            "socketio: AsyncRedisManager on the same Redis")
