@@ -8,6 +8,7 @@ lets sends in flight finish and closes every socket with 1001 after its queued f
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -24,7 +25,8 @@ from chatserver.reload import reload
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL = 5.0  # seconds between STATUS= updates when systemd set no watchdog
+STATUS_INTERVAL = 5.0
+GC_GEN0_THRESHOLD = 10_000  # seconds between STATUS= updates when systemd set no watchdog
 
 
 def sd_notify(message: str) -> None:
@@ -85,6 +87,20 @@ class SystemdNotifier:
         sd_notify("STOPPING=1")
 
 
+def _freeze_startup_objects() -> None:
+    """Exclude everything alive after start-up (modules, classes, pools: hundreds of
+    thousands of objects that live as long as the process) from future collections.
+
+    Full collections otherwise rescan them all, stalling the loop: 7 full passes of up to
+    71 ms in 20 s at 1,000 members x 20 msgs/s (`scripts/bench --gc-stats`), which made
+    the p99 delivery latency."""
+    gc.collect()
+    gc.freeze()
+    # Most of a chat server's allocations are short-lived frames and dicts freed by reference
+    # counting; collecting generation 0 every 700 allocations mostly rescans survivors.
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
+
+
 def _notify_socket() -> bool:
     return bool(os.environ.get("NOTIFY_SOCKET"))
 
@@ -123,6 +139,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         await runner.cleanup()
         return 1
     log.info("listening on http://%s:%d", server.host, server.port)
+    _freeze_startup_objects()
     notifier.ready()
     alive = asyncio.create_task(_report_alive(notifier, app), name="watchdog")
     stop = asyncio.Event()
