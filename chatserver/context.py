@@ -34,10 +34,11 @@ class ChatContext:
     metrics: Metrics
     lag: LoopLagMonitor
     overload: OverloadGuard
+    # Sized from `config.limits` by app.build_context, resized by reload.apply.
+    send_limiter: KeyedLimiter
+    login_user_limiter: KeyedLimiter
+    login_address_limiter: KeyedLimiter
     connections: Connections = field(default_factory=Connections)
-    send_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(10, 30))
-    login_user_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(1 / 6, 10))
-    login_address_limiter: KeyedLimiter = field(default_factory=lambda: KeyedLimiter(2, 60))
     shutting_down: bool = False
     # Tasks that must outlive the request that started them (connection cleanup).
     background: set[asyncio.Task[None]] = field(default_factory=set)

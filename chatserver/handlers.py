@@ -19,7 +19,6 @@ from chatserver.broker.base import Event
 from chatserver.context import ChatContext
 from chatserver.errors import ChatError, Internal, Overloaded, RateLimited, TooLarge
 from chatserver.protocol import (
-    Command,
     FrameError,
     History,
     Join,
@@ -211,4 +210,4 @@ _HANDLERS: dict[type[Any], Callable[[ChatContext, Session, Any], Awaitable[None]
     Ping: on_ping,
 }
 
-__all__ = ["Command", "handle_frame", "read_history", "check_send_rate"]
+__all__ = ["handle_frame", "read_history", "check_send_rate"]

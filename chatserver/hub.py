@@ -136,7 +136,8 @@ class Hub:
         sub.live = False
         sub.max_seen = seq
         self.resyncs += 1
-        sub.resync = asyncio.get_running_loop().create_task(self._resync(sub))
+        sub.resync = asyncio.get_running_loop().create_task(
+            self._resync_room(sub.room.name, [sub]))
 
     def _deliver_presence(self, event: Event) -> None:
         seen: set[str] = set()
@@ -239,19 +240,6 @@ class Hub:
         for frame in self._active_streams(sub.room.name):
             sub.outbox.enqueue(frame)
 
-    async def _resync(self, sub: Subscription) -> None:
-        try:
-            cursor = await self._catch_up(sub, sub.last_seq)
-        except Exception:
-            log.exception("room %s: re-reading a gap failed; closing the connection",
-                          sub.room.name)
-            sub.outbox.close(1011, "could not recover missed messages")
-            return
-        if self._rooms.get(sub.room.name, {}).get(sub.conn_id) is sub:
-            sub.last_seq = cursor
-            sub.live = True
-            sub.resync = None
-
     def leave(self, room: str, conn_id: str) -> bool:
         subs = self._rooms.get(room)
         if subs is None:
@@ -293,6 +281,8 @@ class Hub:
             task.add_done_callback(self._room_resyncs.discard)
 
     async def _resync_room(self, room: str, subs: list[Subscription]) -> None:
+        """Re-read `room` from the lowest seq `subs` have (a gap one saw, or a broker outage
+        for all), deliver what each is missing, then put them live again."""
         room_id = subs[0].room.id
         cursor = min(sub.last_seq for sub in subs)
         waits = 0
@@ -315,7 +305,7 @@ class Hub:
                 else:
                     raise RuntimeError(f"seq {max(s.max_seen for s in subs)} never readable")
         except Exception:
-            log.exception("room %s: re-reading after a broker outage failed", room)
+            log.exception("room %s: re-reading missed messages from the store failed", room)
             for sub in subs:
                 sub.outbox.close(1011, "could not recover missed messages; reconnect")
             return
@@ -324,6 +314,7 @@ class Hub:
             if current.get(sub.conn_id) is sub:
                 sub.last_seq = max(sub.last_seq, cursor)
                 sub.live = True
+                sub.resync = None
 
     def leave_all(self, conn_id: str, rooms: list[str]) -> None:
         for room in rooms:

@@ -80,13 +80,12 @@ def _queue_histogram(sizes: list[int]) -> HistogramMetricFamily:
 
 
 def _store_metrics(ctx: ChatContext) -> Iterator[object]:
-    stats = getattr(ctx.store, "stats", None)
-    if stats is None:
-        return
-    for name in ("transactions", "batches", "jobs", "commit_seconds"):
-        value = getattr(stats, name, None)
-        if value is not None:
-            yield CounterMetricFamily(f"chat_store_{name}", f"Store writer: {name}.", value=value)
+    stats = ctx.store.stats
+    for name in ("batches", "transactions", "jobs", "failed_batches", "retries", "rejected"):
+        yield CounterMetricFamily(f"chat_store_{name}", f"Store writer: {name}.",
+                                  value=getattr(stats, name))
+    yield GaugeMetricFamily("chat_store_pending_writes", "Writes submitted, not yet resolved.",
+                            value=stats.pending)
 
 
 def _pool_metrics(ctx: ChatContext) -> Iterator[object]:

@@ -118,6 +118,11 @@ class Store(abc.ABC):
     `close()` first flushes every write already submitted (SIGTERM must lose nothing acked).
     """
 
+    @property
+    @abc.abstractmethod
+    def stats(self) -> WriterStats:
+        """The writer's group-commit counters (exported at /metrics)."""
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, apply pending migrations, start the writer."""

@@ -235,3 +235,4 @@ async def test_metrics_export_loop_lag_and_connections(chat: Chat) -> None:
     text = await (await chat.client.get("/metrics")).text()
     assert "chat_event_loop_lag_seconds_bucket" in text
     assert "chat_connections 1.0" in text
+    assert "chat_store_transactions_total" in text
