@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -106,7 +108,21 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signal = signum
 
+    def _migrate_once(self) -> bool:
+        """Apply migrations before the workers start, so they do not race to (every worker
+        opening the store at once raced on SQLite's first migration). A child process does
+        it: the supervisor must fork its workers with no event loop or thread of its own."""
+        result = subprocess.run(
+            [sys.executable, "-m", "chatserver", "--config", self.config.source, "migrate"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, check=False)
+        if result.returncode != 0:
+            log.error("migrating the store failed: %s", result.stderr.strip()[-2000:])
+        return result.returncode == 0
+
     def run(self) -> int:
+        if not self._migrate_once():
+            return 1
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         pipes = [self._spawn(worker) for worker in self.workers]
