@@ -61,10 +61,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--compare-processes", metavar="N,M",
                    help="run chatserver once per process count (e.g. 1,2) and print the ratio "
                         "of the last to the first (needs --backend postgres-redis)")
-    g.add_argument("--cpu-share", choices=["both", "spread", "one-core"], default="both",
+    g.add_argument("--cpu-share", choices=["both", "spread", "one-core", "budget"],
+                   default="both",
                    help="where N>1 processes run (1 process: CPU 0). spread = CPUs 0-1, sharing "
                         "CPU 1 with the generator, PostgreSQL and Redis; one-core = CPU 0 only "
-                        "(per-core efficiency); both = one run of each")
+                        "(per-core efficiency); both = one run of each; budget = every run, 1 "
+                        "process too, gives each worker --cpu-budget of a core (cgroup quota, "
+                        "needs root), emulating a core per process plus cores for the generator")
+    g.add_argument("--cpu-budget", type=float, default=0.4,
+                   help="with --cpu-share budget: cores per worker process")
     g.add_argument("--cross-pin", choices=["split", "same"], default="split",
                    help="crossinstance: split = instance A on CPU 0, B on CPU 1; same = both "
                         "on CPU 0")

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from . import servers, sysload, targets
 from .backends import Backends
+from .cpubudget import CpuBudgets, server_workers
 from .placement import Placement
 from .procstats import ProcTree
 
@@ -94,11 +95,16 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
         env = servers.gc_probe_env(gc_dir) if cfg.gc_stats else None
         procs = [servers.ManagedProcess(argv, tmp / f"server-{i}.log", env)
                  for i, argv in enumerate(argvs)]
+        budgets = CpuBudgets(cfg.placement.cpu_budget, tmp.name) \
+            if cfg.placement.cpu_budget else None
         try:
             for proc, port in zip(procs, ports, strict=True):
                 await servers.wait_healthy(proc, port, cfg.startup_timeout)
                 if cfg.processes > 1:
                     await servers.wait_listening(proc, port, cfg.processes, cfg.startup_timeout)
+                if budgets is not None:
+                    for pid in server_workers(proc.pid, cfg.processes):
+                        budgets.confine(pid)
             trees = Trees([ProcTree(p.pid) for p in procs],
                           [ProcTree(pid) for pid in (backends.pids() if backends else [])])
             sampler = asyncio.create_task(trees.sample_forever(0.2))
@@ -107,13 +113,19 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
                         "port": ports[0], "ports": ports, "token": prep.token,
                         "protocol": prep.protocol}
                 result, marks = await _generate(cfg.label, spec, tmp, trees, cfg.run_timeout,
-                                                procs[0])
+                                                procs[0], cfg.placement.generator_cpu)
             finally:
                 sampler.cancel()
             for tree in trees.all():
                 tree.sample()
+            if budgets is not None:
+                result["cpu_budget"] = {"cores_per_process": budgets.budget,
+                                        "processes": len(budgets.groups),
+                                        "throttled_s": round(budgets.throttled_s(), 2)}
         finally:
             exit_statuses = [await asyncio.to_thread(p.stop) for p in procs]
+            if budgets is not None:
+                budgets.close()
         result.update(_server_figures(result, marks, trees))
         if cfg.gc_stats:
             result["server_gc"] = servers.read_gc_stats(gc_dir)
@@ -129,13 +141,13 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
 
 
 async def _generate(label: str, spec: dict[str, Any], tmp: Path, trees: Trees, timeout: float,
-                    server: servers.ManagedProcess
+                    server: servers.ManagedProcess, cpus: str
                     ) -> tuple[dict[str, Any], dict[str, Mark]]:
     """Run the generator child; returns its result and the Mark taken at each phase event."""
     spec_path, out_path = tmp / "spec.json", tmp / "result.json"
     spec_path.write_text(json.dumps(spec))
-    argv = servers.pinned(1, [sys.executable, "-m", "benchlib.generator", str(spec_path),
-                              str(out_path)])
+    argv = servers.pinned(cpus, [sys.executable, "-m", "benchlib.generator", str(spec_path),
+                                 str(out_path)])
     with _open_log(tmp / "generator.log") as log:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=log, env=servers.child_env(),

@@ -14,6 +14,11 @@ core, so `--cpu-share` says what the N > 1 runs get (1 process always runs on CP
   splitting the work across processes costs CPU (per-core efficiency), not how it scales.
 - `both` (default): one run of each, so the report shows the measured spread ratio and the
   per-core efficiency side by side.
+- `budget`: every run, the 1-process one included, gives each worker process a CPU budget of
+  `--cpu-budget` cores (a CFS quota, `cpubudget.py`) instead of a core; nothing is pinned. This
+  emulates a machine with a core per process and cores left for the generator, so the ratio
+  says how the server scales, at the cost of absolute numbers (each process has a fraction of
+  a core).
 
 (An earlier attempt gave each process an "equal share" of CPU 0 by running busy-loop processes
 next to the 1-process run; the scheduler's time slices then added >100 ms to its p99 at a third
@@ -38,16 +43,25 @@ SERVICES_CPU = 1  # PostgreSQL and Redis share the generator's core
 class Placement:
     instance_cpus: tuple[str, ...] = (SERVER_CPU,)  # taskset list for each server instance
     note: str = "server on CPU 0"
-    share: str = ""  # "spread" or "one-core" for runs of several processes
+    share: str = ""  # "spread", "one-core" or "budget" for runs of several processes
+    cpu_budget: float = 0.0  # cores per worker process (CFS quota); 0: no quota
 
     @property
     def generator_cpu(self) -> str:
-        return GENERATOR_CPU
+        # under budgets nothing is pinned: the generator takes whatever the quotas leave
+        return "0,1" if self.cpu_budget else GENERATOR_CPU
 
 
 def shares(share: str) -> list[str]:
     """The placements N > 1 processes are measured with, for `--cpu-share`."""
     return ["spread", "one-core"] if share == "both" else [share]
+
+
+def for_budget(n: int, budget: float) -> Placement:
+    """`n` worker processes, each held to `budget` of a core, nothing pinned."""
+    return Placement(instance_cpus=("0,1",), share="budget", cpu_budget=budget,
+                     note=f"{n} process{'es' if n > 1 else ''} with {budget:g} of a core each "
+                          "(CFS quota), nothing pinned")
 
 
 def for_processes(n: int, share: str) -> Placement:

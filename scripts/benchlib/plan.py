@@ -109,6 +109,10 @@ def _main_configs(args: argparse.Namespace, scenario: str, suffix: str) -> list[
         return [_config(args, scenario, label + suffix, args.target,
                         where=placement.for_instances(args.cross_pin))]
     counts = process_counts(args)
+    if args.cpu_share == "budget":
+        return [_config(args, scenario, f"{label} x{n} budget{suffix}", args.target,
+                        processes=n, where=placement.for_budget(n, args.cpu_budget))
+                for n in counts]
     if len(counts) == 1 and not args.compare_processes:
         n = counts[0]
         if n == 1:

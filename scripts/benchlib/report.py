@@ -100,8 +100,18 @@ def gc_row(r: Run) -> str:
             f"{total:,.0f} ms")
 
 
+def budget_row(r: Run) -> str:
+    """Cores each process may use under --cpu-share budget, and the time its quota held it."""
+    budget = r.get("cpu_budget")
+    if not budget:
+        return "-"
+    return (f"{budget['cores_per_process']:g} x {budget['processes']} / "
+            f"{budget['throttled_s']:.1f} s")
+
+
 PLACEMENT_ROWS: list[Row] = [
     ("members per server process", per_instance),
+    ("CPU budget cores x processes / throttled (whole run)", budget_row),
     ("server GC: full collections / max pause", gc_row),
     ("PostgreSQL + Redis CPU %",
      lambda r: _f(r.get("services_cpu_pct")) if r.get("services") else "-"),
