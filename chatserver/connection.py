@@ -29,14 +29,28 @@ WRITER_EXIT_TIMEOUT = 5.0
 
 
 class WebSocketSink:
-    """The outbox's view of an aiohttp WebSocket."""
+    """The outbox's view of an aiohttp WebSocket: frames it built go straight to the
+    transport, and back-pressure is the transport's (aiohttp's protocol pauses writing past
+    the transport's high-water mark)."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self._ws = ws
         self._request = request
+        self._protocol = request.protocol
 
-    async def send(self, frame: bytes) -> None:
-        await self._ws.send_frame(frame, WSMsgType.TEXT)
+    def write(self, data: bytes) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        transport.write(data)
+
+    def backed_up(self) -> bool:
+        return self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        # aiohttp's drain waiter is shared with its own writes (the close frame): shielded, a
+        # cancelled writer (eviction) does not leave it cancelled for them.
+        await asyncio.shield(self._protocol._drain_helper())
 
     async def close(self, code: int, reason: str) -> None:
         try:
@@ -89,7 +103,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         compress=False,  # one encoded frame serves every recipient; see docs/protocol.md
     )
     await ws.prepare(request)
-    outbox = Outbox(limits.send_queue_bytes)
+    outbox = Outbox(limits.send_queue_bytes, ctx.flusher)
     session = Session(info.user, info.token_hash, outbox)
     writer = asyncio.get_running_loop().create_task(outbox.run(WebSocketSink(ws, request)))
     ctx.connections.add(session)

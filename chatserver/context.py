@@ -12,6 +12,7 @@ from chatserver.hub import Hub
 from chatserver.looplag import LoopLagMonitor
 from chatserver.messages import MessageService
 from chatserver.metrics import Metrics
+from chatserver.outbox import Flusher
 from chatserver.overload import OverloadGuard
 from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
@@ -39,6 +40,7 @@ class ChatContext:
     login_user_limiter: KeyedLimiter
     login_address_limiter: KeyedLimiter
     connections: Connections = field(default_factory=Connections)
+    flusher: Flusher = field(default_factory=Flusher)  # writes every connection's outbox
     shutting_down: bool = False
     # Tasks that must outlive the request that started them (connection cleanup).
     background: set[asyncio.Task[None]] = field(default_factory=set)

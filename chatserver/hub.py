@@ -1,7 +1,8 @@
 """Room -> local subscriptions: encode once, enqueue everywhere, never wait on a recipient.
 
 The hub is the broker's handler. A `message` event's frame was encoded once by whoever
-published it; delivering it is one `Outbox.enqueue` per subscribed connection. Each
+published it; the hub wraps it in its WebSocket header once, and delivering it is one
+`Outbox.enqueue_frame` of those same bytes per subscribed connection. Each
 subscription remembers the last seq it delivered, so a connection's frames for a room are the
 stored history, in order, with nothing missing, extra or doubled:
 
@@ -20,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatserver import protocol
+from chatserver import protocol, wsframe
 from chatserver.broker.base import Broker, Event
 from chatserver.outbox import Outbox
 from chatserver.store.base import Room, Store, StoredMessage
@@ -95,22 +96,23 @@ class Hub:
         subs = self._rooms.get(event.room)
         if not subs:
             return
+        frame = wsframe.text_frame(event.frame)  # once, for every recipient
         if event.kind == "message":
             for sub in subs.values():
-                self._offer(sub, event)
+                self._offer(sub, event.seq, frame)
             if event.key:
                 self._watch_streams(event)
             return
         if event.kind == "stream":
             self._watch_streams(event)
-        frame, key = event.frame, event.key
+        key = event.key
         skip_user = event.user if event.kind == "typing" else None
         count = 0
         for sub in subs.values():
             if sub.live and sub.user != skip_user:
                 outbox = sub.outbox
                 if not key:
-                    outbox.enqueue(frame)
+                    outbox.enqueue_frame(frame)
                 elif event.kind == "stream":
                     outbox.enqueue_delta(frame, key)
                 else:
@@ -118,8 +120,7 @@ class Hub:
                 count += 1
         self.deliveries += count
 
-    def _offer(self, sub: Subscription, event: Event) -> None:
-        seq = event.seq
+    def _offer(self, sub: Subscription, seq: int, frame: bytes) -> None:
         if not sub.live:
             if seq > sub.max_seen:
                 sub.max_seen = seq
@@ -127,7 +128,7 @@ class Hub:
         if seq <= sub.last_seq:
             return  # already delivered (duplicate or replayed)
         if seq == sub.last_seq + 1:
-            sub.outbox.enqueue(event.frame)
+            sub.outbox.enqueue_frame(frame)
             sub.last_seq = seq
             self.deliveries += 1
             return
@@ -141,12 +142,13 @@ class Hub:
 
     def _deliver_presence(self, event: Event) -> None:
         seen: set[str] = set()
+        frame = wsframe.text_frame(event.frame)
         for room in event.rooms:
             for conn_id, sub in self._rooms.get(room, {}).items():
                 if conn_id in seen or not sub.live or sub.user == event.user:
                     continue
                 seen.add(conn_id)
-                sub.outbox.enqueue_ephemeral(event.frame, event.key or f"p:{event.user}")
+                sub.outbox.enqueue_ephemeral(frame, event.key or f"p:{event.user}")
 
     # -- joining and leaving -----------------------------------------------------------------
 
@@ -290,10 +292,10 @@ class Hub:
             while True:
                 page = await self.store.messages_after(room_id, cursor, CATCH_UP_PAGE)
                 for message in page:
-                    frame = protocol.message_frame(message)
+                    frame = wsframe.text_frame(protocol.message_frame(message))
                     for sub in subs:
                         if message.seq > sub.last_seq:
-                            sub.outbox.enqueue(frame)
+                            sub.outbox.enqueue_frame(frame)
                             sub.last_seq = message.seq
                 if page:
                     cursor = page[-1].seq

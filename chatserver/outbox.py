@@ -1,8 +1,15 @@
-"""A connection's bounded queue of encoded frames, and the one writer task that owns the socket.
+"""A connection's bounded queue of WebSocket frames, and what writes them to its socket.
 
 Everyone else only enqueues, which never waits: fan-out to a thousand connections is a
-thousand appends. The writer flushes frames in order, in batches, yielding to the loop between
-batches so one busy connection cannot starve the others.
+thousand appends of the same pre-built frame (`wsframe.py`). The outbox is its socket's only
+writer (aiohttp itself also writes pongs, pings and the close frame), in one of two ways:
+
+- while the socket keeps up, the loop-wide `Flusher` writes every outbox that got frames, once
+  per loop iteration: whatever queued since the last pass goes out in one socket write, and no
+  task is woken per recipient;
+- once the socket is backed up (its buffer past the transport's high-water mark), the
+  connection's writer task waits for it to drain, then writes in batches, yielding to the loop
+  between batches so one deep queue cannot hold the loop.
 
 The queue is bounded in bytes (`limits.send_queue_bytes`). A reader that falls behind goes
 through stages, all measured in bytes queued for it:
@@ -24,19 +31,31 @@ import logging
 from collections import deque
 from typing import Protocol
 
+from chatserver import wsframe
 from chatserver.errors import CloseCode
 from chatserver.protocol import join_stream_deltas
 
 log = logging.getLogger(__name__)
 
-BATCH_FRAMES = 64
-BATCH_BYTES = 256 * 1024
+BATCH_BYTES = 256 * 1024  # most bytes handed to the socket in one write
+FLUSH_PASS_OUTBOXES = 1024  # outboxes one flusher pass writes before it yields the loop
 
 
 class FrameSink(Protocol):
-    """What the writer writes to: a WebSocket in production, a recording double in tests."""
+    """What an outbox writes to: a WebSocket in production, a recording double in tests."""
 
-    async def send(self, frame: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """Hand whole frames to the socket without waiting; ConnectionError if it is gone."""
+        ...
+
+    def backed_up(self) -> bool:
+        """True while the socket's buffer is past its high-water mark (the peer reads slower
+        than frames are written)."""
+        ...
+
+    async def drain(self) -> None:
+        """Return once the socket's buffer is back under its low-water mark."""
+        ...
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame and release the socket; must return within a bounded time."""
@@ -45,6 +64,38 @@ class FrameSink(Protocol):
     def abort(self, code: int, reason: str) -> None:
         """Drop the socket at once: for a peer that stopped reading (no close frame fits)."""
         ...
+
+
+class Flusher:
+    """Writes, one loop step after fan-out, every outbox that got frames since its last pass.
+
+    One per application (one event loop). A pass writes at most FLUSH_PASS_OUTBOXES outboxes
+    and leaves the rest to the next loop iteration, so other callbacks run in between.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[Outbox] = []
+        self._scheduled = False
+        self.passes = 0
+
+    def request(self, outbox: Outbox) -> None:
+        self._pending.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self.passes += 1
+        pending = self._pending
+        if len(pending) > FLUSH_PASS_OUTBOXES:
+            self._pending = pending[FLUSH_PASS_OUTBOXES:]
+            pending = pending[:FLUSH_PASS_OUTBOXES]
+            asyncio.get_running_loop().call_soon(self._run)
+        else:
+            self._pending = []
+            self._scheduled = False
+        for outbox in pending:
+            outbox.flush_requested()
 
 
 class _Entry:
@@ -58,25 +109,29 @@ class _Entry:
 
 
 class Outbox:
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, flusher: Flusher | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.coalesce_above = min(64 * 1024, limit_bytes // 4)
         self.shed_above = limit_bytes // 2
         self.queued_bytes = 0
         self.frames_out = 0
         self.bytes_out = 0
+        self.writes = 0  # socket writes: fewer than frames_out when frames went out together
         self.coalesced = 0  # deltas joined into a queued one
         self.superseded = 0  # typing/presence frames replaced by a newer one
         self.shed = 0  # typing/presence frames dropped under pressure
         self.close_code: int | None = None
         self.close_reason = ""
+        self._flusher = flusher if flusher is not None else Flusher()
         self._frames: deque[_Entry] = deque()
         self._keyed: dict[str, _Entry] = {}  # queued entries that a later frame may touch
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._flush_before_close = True
         self._evicted = False
-        self._in_send = False
+        self._sink: FrameSink | None = None  # set when the writer task starts
+        self._flush_pending = False  # asked the flusher; it has not run yet
+        self._backed_up = False  # the writer task, not the flusher, writes until it drains
+        self._in_drain = False
         self._writer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drain_threshold = -1
@@ -89,15 +144,20 @@ class Outbox:
     def evicted(self) -> bool:
         return self._evicted
 
-    def enqueue(self, frame: bytes) -> bool:
-        """Queue one encoded frame; False if the connection is closing or was just evicted."""
+    def enqueue(self, payload: bytes) -> bool:
+        """Queue one encoded frame for this connection alone (a reply, a replayed message);
+        False if the connection is closing or was just evicted."""
+        return self.enqueue_frame(wsframe.text_frame(payload))
+
+    def enqueue_frame(self, frame: bytes) -> bool:
+        """Queue a frame built once for many connections (`wsframe.text_frame`)."""
         if self._closing:
             return False
         return self._append(_Entry(frame))
 
     def enqueue_ephemeral(self, frame: bytes, key: str) -> bool:
-        """Queue a `typing`/`presence` frame: it replaces a queued one with the same key, and
-        is dropped when the reader is past `shed_above`."""
+        """Queue a built `typing`/`presence` frame: it replaces a queued one with the same
+        key, and is dropped when the reader is past `shed_above`."""
         if self._closing:
             return False
         queued = self._keyed.get(key)
@@ -116,12 +176,14 @@ class Outbox:
         return True
 
     def enqueue_delta(self, frame: bytes, key: str) -> bool:
-        """Queue a stream delta; past `coalesce_above` it joins the stream's unsent delta."""
+        """Queue a built stream delta; past `coalesce_above` it joins the stream's unsent
+        delta."""
         if self._closing:
             return False
         queued = self._keyed.get(key)
         if queued is not None and self.queued_bytes > self.coalesce_above:
-            joined = join_stream_deltas(queued.frame, frame)
+            joined = wsframe.text_frame(join_stream_deltas(wsframe.payload_of(queued.frame),
+                                                           wsframe.payload_of(frame)))
             growth = len(joined) - len(queued.frame)
             if self.queued_bytes + growth > self.limit_bytes:
                 self._evict()
@@ -143,9 +205,26 @@ class Outbox:
             return False
         self._frames.append(entry)
         self.queued_bytes += size
-        if not self._wakeup.is_set():
-            self._wakeup.set()
+        if not (self._flush_pending or self._backed_up or self._sink is None):
+            self._flush_pending = True
+            self._flusher.request(self)
         return True
+
+    def flush_requested(self) -> None:
+        """The flusher's pass: write what is queued while the socket keeps up."""
+        self._flush_pending = False
+        sink = self._sink
+        if sink is None or self._backed_up or self._closing:
+            return  # the writer task writes (it waits for the socket, or closes)
+        try:
+            while self._frames and not sink.backed_up():
+                self._write_batch(sink)
+        except ConnectionError as exc:
+            self._lost(exc)
+            return
+        if self._frames:
+            self._backed_up = True
+            self._wakeup.set()
 
     async def wait_below(self, threshold: int) -> None:
         """Wait until at most `threshold` bytes are queued (or the connection closes).
@@ -163,7 +242,6 @@ class Outbox:
         if self._closing:
             return
         self._closing = True
-        self._flush_before_close = flush
         self.close_code, self.close_reason = code, reason
         if not flush:
             self._drop_queue()
@@ -174,9 +252,18 @@ class Outbox:
         log.info("evicting slow consumer: %d bytes queued", self.queued_bytes)
         self._evicted = True
         self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: reading too slowly", flush=False)
-        # The writer may be stuck waiting for a socket that no longer drains; wake it up.
-        if self._in_send and self._writer is not None:
+        # The writer may be waiting for a socket that no longer drains; wake it up.
+        if self._in_drain and self._writer is not None:
             self._writer.cancel()
+
+    def _lost(self, exc: BaseException) -> None:
+        """The peer went away mid-write: nothing more can be written, but the writer must
+        still release the socket so the reader sees the end."""
+        log.debug("writer stopped: %r", exc)
+        self._closing = True
+        self._drop_queue()
+        self._wakeup.set()
+        self._drained.set()
 
     def _drop_queue(self) -> None:
         self._frames.clear()
@@ -184,10 +271,11 @@ class Outbox:
         self.queued_bytes = 0
 
     async def run(self, sink: FrameSink) -> None:
-        """The writer task: flush frames in order until closed, then close the socket."""
+        """The writer task: write what the flusher leaves, until closed; then close."""
         self._writer = asyncio.current_task()
+        self._sink = sink
         try:
-            await self._flush_until_closed(sink)
+            await self._write_until_closed(sink)
         except asyncio.CancelledError:
             if not self._evicted:
                 raise
@@ -195,44 +283,46 @@ class Outbox:
             if task is not None:
                 task.uncancel()
         except (ConnectionError, RuntimeError) as exc:
-            # The peer went away mid-write; nothing more can be flushed, but the socket
-            # must still be released so the reader sees the end.
-            log.debug("writer stopped: %r", exc)
-            self._closing = True
-            self._drop_queue()
+            self._lost(exc)
         if self._evicted:
             sink.abort(CloseCode.TRY_AGAIN_LATER, self.close_reason)
         else:
             await sink.close(self.close_code or CloseCode.NORMAL, self.close_reason)
 
-    async def _flush_until_closed(self, sink: FrameSink) -> None:
-        frames = self._frames
+    async def _write_until_closed(self, sink: FrameSink) -> None:
         while True:
-            if not frames:
+            if not self._frames:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            sent = 0
-            sent_bytes = 0
-            while frames and sent < BATCH_FRAMES and sent_bytes < BATCH_BYTES:
-                entry = frames.popleft()
-                if entry.key and self._keyed.get(entry.key) is entry:
-                    del self._keyed[entry.key]  # sent: later frames no longer touch it
-                frame = entry.frame
-                size = len(frame)
-                self.queued_bytes -= size
-                self._in_send = True
+            if sink.backed_up():
+                self._backed_up = self._in_drain = True
                 try:
-                    await sink.send(frame)
+                    await sink.drain()
                 finally:
-                    self._in_send = False
-                sent += 1
-                sent_bytes += size
-            self.frames_out += sent
-            self.bytes_out += sent_bytes
-            if self.queued_bytes <= self._drain_threshold:
-                self._drained.set()
+                    self._backed_up = self._in_drain = False
+                continue
+            self._write_batch(sink)
             # Yield explicitly: a connection with a deep queue must not hold the loop.
             await asyncio.sleep(0)
+
+    def _write_batch(self, sink: FrameSink) -> None:
+        """Hand queued frames, up to BATCH_BYTES, to the socket in one write."""
+        frames, keyed = self._frames, self._keyed
+        parts: list[bytes] = []
+        size = 0
+        while frames and size < BATCH_BYTES:
+            entry = frames.popleft()
+            if entry.key and keyed.get(entry.key) is entry:
+                del keyed[entry.key]  # written: later frames no longer touch it
+            parts.append(entry.frame)
+            size += len(entry.frame)
+        self.queued_bytes -= size
+        self.frames_out += len(parts)
+        self.bytes_out += size
+        self.writes += 1
+        sink.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        if self.queued_bytes <= self._drain_threshold:
+            self._drained.set()

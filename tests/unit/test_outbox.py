@@ -6,27 +6,54 @@ import asyncio
 
 import orjson
 
-from chatserver.outbox import BATCH_FRAMES, Outbox
+from chatserver import wsframe
+from chatserver.outbox import BATCH_BYTES, Flusher, Outbox
+
+
+def payloads(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked frames in one socket write."""
+    out, i = [], 0
+    while i < len(data):
+        size, head = data[i + 1] & 0x7F, 2
+        if size == 126:
+            size, head = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        out.append(data[i + head:i + head + size])
+        i += head + size
+    return out
 
 
 class RecordingSink:
-    """A socket double: records frames and the close; can be made to stall like a full socket."""
+    """A socket double: records frames, writes and the close; can be made to stall like a
+    socket whose peer stopped reading (backed up until `stalled` is set)."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.writes = 0
         self.closed_with: tuple[int, str] | None = None
         self.stalled = asyncio.Event()
         self.stalled.set()
 
-    async def send(self, frame: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.frames.extend(payloads(data))
+
+    def backed_up(self) -> bool:
+        return not self.stalled.is_set()
+
+    async def drain(self) -> None:
         await self.stalled.wait()
-        self.frames.append(frame)
 
     async def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)
 
     def abort(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)
+
+
+def built(payload: bytes) -> bytes:
+    return wsframe.text_frame(payload)
 
 
 async def test_frames_are_written_in_enqueue_order_then_closed() -> None:
@@ -43,8 +70,14 @@ async def test_frames_are_written_in_enqueue_order_then_closed() -> None:
 
 
 async def test_writer_yields_to_other_tasks_between_batches() -> None:
-    """A deep queue is flushed in batches with a yield between them, so other tasks run."""
-    outbox, sink = Outbox(1_000_000), RecordingSink()
+    """A deep queue left by a backed-up socket is written in batches with a yield between
+    them, so other tasks run."""
+    outbox, sink = Outbox(10 * BATCH_BYTES), RecordingSink()
+    sink.stalled.clear()
+    writer = asyncio.create_task(outbox.run(sink))
+    await asyncio.sleep(0)
+    for _ in range(5 * BATCH_BYTES // 4096):
+        outbox.enqueue(b"x" * 4090)
     ticks: list[int] = []
 
     async def ticker() -> None:
@@ -52,15 +85,37 @@ async def test_writer_yields_to_other_tasks_between_batches() -> None:
             ticks.append(len(sink.frames))
             await asyncio.sleep(0)
 
-    for _ in range(BATCH_FRAMES * 5):
-        outbox.enqueue(b"x")
     tick_task = asyncio.create_task(ticker())
-    writer = asyncio.create_task(outbox.run(sink))
+    sink.stalled.set()
     outbox.close(1000)
     await asyncio.wait_for(writer, 5)
     tick_task.cancel()
-    progress_seen = {t for t in ticks if 0 < t < BATCH_FRAMES * 5}
+    total = 5 * BATCH_BYTES // 4096
+    progress_seen = {t for t in ticks if 0 < t < total}
     assert len(progress_seen) >= 3, "the ticker should have run between batches"
+    assert len(sink.frames) == total
+
+
+async def test_fan_out_is_written_one_loop_step_later_in_one_write_per_socket() -> None:
+    """Frames queued for many connections in one loop step go out in a single flusher pass:
+    one socket write per connection, however many frames each got, and no writer task is
+    woken for a socket that keeps up."""
+    flusher = Flusher()
+    pairs = [(Outbox(100_000, flusher), RecordingSink()) for _ in range(50)]
+    writers = [asyncio.create_task(o.run(s)) for o, s in pairs]
+    await asyncio.sleep(0)
+    passes = flusher.passes
+    for i in range(3):
+        frame = built(b"m%d" % i)
+        for outbox, _ in pairs:
+            assert outbox.enqueue_frame(frame)
+    await asyncio.sleep(0)
+    assert flusher.passes == passes + 1
+    for outbox, sink in pairs:
+        assert sink.frames == [b"m0", b"m1", b"m2"] and sink.writes == 1
+        assert outbox.queued_bytes == 0
+        outbox.close(1000)
+    await asyncio.wait_for(asyncio.gather(*writers), 5)
 
 
 async def test_overflow_evicts_with_1013_even_when_the_socket_is_stuck() -> None:
@@ -104,16 +159,17 @@ async def test_wait_below_paces_a_backlog_to_the_socket() -> None:
 
 
 def _delta(text: str, stream: str = "s1") -> bytes:
-    return orjson.dumps({"op": "stream_delta", "room": "r", "stream": stream, "text": text})
+    return built(orjson.dumps({"op": "stream_delta", "room": "r", "stream": stream,
+                               "text": text}))
 
 
 async def test_queued_typing_and_presence_are_superseded_not_repeated() -> None:
     """A typing or presence frame still queued is replaced by the next one with its key."""
     outbox, sink = Outbox(10_000), RecordingSink()
-    outbox.enqueue_ephemeral(b'{"status":"online"}', "p:bob")
-    outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
-    outbox.enqueue_ephemeral(b'{"status":"offline"}', "p:bob")
-    outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
+    outbox.enqueue_ephemeral(built(b'{"status":"online"}'), "p:bob")
+    outbox.enqueue_ephemeral(built(b'{"typing":1}'), "t:r:bob")
+    outbox.enqueue_ephemeral(built(b'{"status":"offline"}'), "p:bob")
+    outbox.enqueue_ephemeral(built(b'{"typing":1}'), "t:r:bob")
     writer = asyncio.create_task(outbox.run(sink))
     outbox.close(1000)
     await asyncio.wait_for(writer, 5)
@@ -128,7 +184,7 @@ async def test_past_shed_above_ephemeral_frames_are_dropped_but_messages_kept() 
     writer = asyncio.create_task(outbox.run(sink))
     while outbox.queued_bytes <= outbox.shed_above:
         assert outbox.enqueue(b"m" * 500)
-    assert not outbox.enqueue_ephemeral(b'{"typing":1}', "t:r:bob")
+    assert not outbox.enqueue_ephemeral(built(b'{"typing":1}'), "t:r:bob")
     assert outbox.shed == 1
     assert outbox.enqueue(b"still a message")
     sink.stalled.set()
