@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from array import array
 from collections.abc import Callable
 from time import monotonic_ns
@@ -58,7 +59,15 @@ NULL_RECORDER.start_ns = NULL_RECORDER.end_ns = 0
 
 
 class ServerClosed(ConnectionError):
-    """The connection ended (closed by the server, reset, or failed handshake)."""
+    """The connection ended (closed by the server, reset, or failed handshake).
+
+    A refused upgrade carries the HTTP status and headers (503 has Retry-After)."""
+
+    def __init__(self, message: str, http_status: int | None = None,
+                 http_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.http_headers = http_headers or {}
 
 
 class WsClient(asyncio.Protocol):
@@ -98,6 +107,9 @@ class WsClient(asyncio.Protocol):
         self.last_seq = 0
         self.pings_answered = 0
         self.instance = ""  # the server instance (process) that holds this connection
+        # the upgrade's HTTP answer: 101, or why not (503 with Retry-After when refused)
+        self.http_status: int | None = None
+        self.http_headers: dict[str, str] = {}
 
     # ---- asyncio.Protocol -------------------------------------------------------------
 
@@ -143,9 +155,11 @@ class WsClient(asyncio.Protocol):
             resp = wsproto.parse_upgrade_response(self._head)
             if resp is None:
                 return b""
+            self.http_status, self.http_headers = resp.status, resp.headers
             wsproto.check_upgrade(resp, self._key)
         except wsproto.HandshakeError as exc:
-            self.upgraded.set_exception(ServerClosed(str(exc)))
+            self.upgraded.set_exception(ServerClosed(str(exc), self.http_status,
+                                                     self.http_headers))
             self.upgraded.exception()  # mark retrieved; the caller may already have given up
             assert self.transport is not None
             self.transport.close()
@@ -333,14 +347,21 @@ class WsClient(asyncio.Protocol):
                     fut.set_result(frame)
                 return
 
-    async def join(self, room: str, timeout: float) -> Frame:
+    async def join(self, room: str, timeout: float, after: int | None = None) -> Frame:
+        """Join `room`; with `after`, resume: the missed messages (seq > after) arrive before
+        `joined` and are counted like live ones."""
         fut = self.expect("joined", f"join-{room}")
-        self.send_json({"op": "join", "room": room, "ref": f"join-{room}"})
+        join: Frame = {"op": "join", "room": room, "ref": f"join-{room}"}
+        if after is not None:
+            join["after"] = after
+            self.seq_base = self.last_seq = after  # before the replay can arrive
+        self.send_json(join)
         frame = await asyncio.wait_for(fut, timeout)
         if frame.get("op") != "joined":
             raise RuntimeError(f"join {room!r} failed: {frame}")
-        self.seq_base = int(frame["seq"])
-        self.last_seq = self.seq_base
+        if after is None:
+            self.seq_base = int(frame["seq"])
+            self.last_seq = self.seq_base
         self.instance = self.instance or str(frame.get("instance", ""))
         return frame
 
@@ -352,18 +373,17 @@ class WsClient(asyncio.Protocol):
 
 async def connect(
     host: str, port: int, token: str | None, recorder: Recorder, timeout: float,
-    cls: type[WsClient] = WsClient,
+    cls: type[WsClient] = WsClient, rcvbuf: int | None = None,
 ) -> WsClient:
     """Open a connection, complete the upgrade and wait for the server's `hello`.
 
     `cls` picks the dialect: `WsClient` speaks chatserver's protocol, `sioclient.SioClient`
-    socket.io over the same frame loop.
+    socket.io over the same frame loop (or a subclass that reads differently). `rcvbuf` sets
+    SO_RCVBUF before connecting, when the TCP window is negotiated: a slow reader's window.
     """
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: cls(host, port, token, recorder), host, port),
-        timeout,
-    )
+        _open(loop, lambda: cls(host, port, token, recorder), host, port, rcvbuf), timeout)
     assert isinstance(proto, WsClient)
     try:
         await asyncio.wait_for(proto.upgraded, timeout)
@@ -372,3 +392,18 @@ async def connect(
         proto.close()
         raise
     return proto
+
+
+async def _open(loop: asyncio.AbstractEventLoop, factory: Callable[[], WsClient], host: str,
+                port: int, rcvbuf: int | None) -> tuple[asyncio.BaseTransport, WsClient]:
+    if rcvbuf is None:
+        return await loop.create_connection(factory, host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await loop.create_connection(factory, sock=sock)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import monotonic_ns
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from .client import MARK, NULL_RECORDER, Frame, Recorder, WsClient, connect
 from .sioclient import SioClient
 from .stats import summarize_ns
-from .timing import Emit, cpu_during, emit_at
+from .timing import Emit, cpu_during, emit_at, open_loop
 
 _PAD = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " * 1024)
 
@@ -102,23 +102,8 @@ class Publisher:
 
     async def run(self, rate: float, start_ns: int, window: tuple[int, int]) -> None:
         """Send at `rate`/s from `start_ns` until the window closes; catch up if late."""
-        interval = 1e9 / rate
-        burst = 0
-        while True:
-            now = monotonic_ns()
-            if now >= window[1]:
-                return
-            due = start_ns + int(len(self.sent_ns) * interval)
-            if now < due:
-                burst = 0
-                await asyncio.sleep((due - now) / 1e9)
-                continue
-            self.max_lag_ns = max(self.max_lag_ns, now - due)
-            self._send_one(window)
-            burst += 1
-            if burst >= 64:  # behind schedule: still let the receivers run
-                burst = 0
-                await asyncio.sleep(0)
+        lag = await open_loop(rate, start_ns, window[1], lambda: self._send_one(window))
+        self.max_lag_ns = max(self.max_lag_ns, lag)
 
 
 @dataclass
@@ -137,13 +122,17 @@ class Members:
         return dict(Counter(c.instance or "?" for c in self.clients))
 
 
-async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder,
-                          sem: asyncio.Semaphore) -> WsClient:
+# Member index -> the client class it reads with and its SO_RCVBUF (None: the default).
+MemberKind = Callable[[int], tuple[type[WsClient], int | None]]
+
+
+async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder, sem: asyncio.Semaphore,
+                          cls: type[WsClient], rcvbuf: int | None) -> WsClient:
     # A bounded number of handshakes in flight keeps the server's accept backlog from
     # overflowing, which would turn into 1 s SYN retransmits and a misleading connect time.
     async with sem:
         client = await connect(spec.host, port, spec.token, rec, spec.connect_timeout,
-                               spec.dialect)
+                               cls, rcvbuf)
         try:
             await client.join(spec.room, spec.connect_timeout)
         except BaseException:
@@ -152,12 +141,15 @@ async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder,
         return client
 
 
-async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder]) -> Members:
-    """Connect and join all members; member i uses port and Recorder i modulo their count."""
+async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder],
+                          kind: MemberKind | None = None) -> Members:
+    """Connect and join all members; member i uses port and Recorder i modulo their count,
+    and the client class `kind(i)` names (default: the spec's dialect)."""
     sem = asyncio.Semaphore(spec.connect_concurrency)
     n = len(spec.ports)
+    kinds = [kind(i) if kind else (spec.dialect, None) for i in range(spec.clients)]
     results = await asyncio.gather(
-        *(_connect_member(spec, spec.ports[i % n], recs[i % n], sem)
+        *(_connect_member(spec, spec.ports[i % n], recs[i % n], sem, *kinds[i])
           for i in range(spec.clients)),
         return_exceptions=True,
     )

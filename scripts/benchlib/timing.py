@@ -34,3 +34,27 @@ async def cpu_during(work: Awaitable[T], window: tuple[int, int]) -> float:
     await task
     cpu1, wall1 = time.process_time(), monotonic_ns()
     return 100.0 * (cpu1 - cpu0) / max(1e-9, (wall1 - wall0) / 1e9)
+
+
+async def open_loop(rate: float, start_ns: int, end_ns: int, send_one: Callable[[], None]) -> int:
+    """Call `send_one` `rate` times a second from `start_ns` until `end_ns`, on a fixed
+    schedule: a late call is made at once (catching up), never skipped, and never waits for an
+    answer (no coordinated omission). Returns the largest lateness in ns."""
+    interval = 1e9 / rate
+    sent = burst = max_lag = 0
+    while True:
+        now = monotonic_ns()
+        if now >= end_ns:
+            return max_lag
+        due = start_ns + int(sent * interval)
+        if now < due:
+            burst = 0
+            await asyncio.sleep((due - now) / 1e9)
+            continue
+        max_lag = max(max_lag, now - due)
+        send_one()
+        sent += 1
+        burst += 1
+        if burst >= 64:  # behind schedule: still let the receivers run
+            burst = 0
+            await asyncio.sleep(0)
