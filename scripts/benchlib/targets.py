@@ -8,10 +8,16 @@
 - `naive`: the baseline reference server (`naive_server.py`); accepts any token.
 - `firehose`: a near-free server to calibrate the generator (`firehose_server.py`).
 - `custom`: `--server-cmd` with `{port}` and `{tmp}` placeholders; `--token` is used as is.
+
+Scenarios that need more than the common chatserver setup name a variant in the kind
+(`chatserver:<variant>`, see `variant_kind`): `stream` raises the message size limits so the
+whole stream fits in its stored message; `storm:<n>` makes n users with API tokens (one per
+client) and runs the server under `restarter.py`, so the generator can restart it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shlex
@@ -54,18 +60,44 @@ def _toml_str(value: str) -> str:
 CONNECTION_CAPS = {"connections_per_user": 1_000_000, "connections_per_instance": 1_000_000}
 
 
-def _limits_section() -> str:
+# The stream scenario's text is ~5 bytes per delta (10 s at 500 deltas/s: ~30 KB), over the
+# default max_message_bytes (16 KiB); the delta that would pass the limit is refused, so the
+# limit (and max_frame_bytes, which must be at least as large) is raised for that scenario.
+STREAM_MESSAGE_BYTES = 262_144
+STREAM_LIMITS = {"max_message_bytes": STREAM_MESSAGE_BYTES,
+                 "max_frame_bytes": STREAM_MESSAGE_BYTES}
+STORM_USER_PREFIX = "storm"
+_NO_PASSWORD = "!"  # the storm's users never log in; no password verifies against this
+
+
+def variant_kind(scenario: str, clients: int) -> str:
+    """The prepare kind of chatserver for `scenario` (plain "chatserver" for most)."""
+    if scenario == "stream":
+        return "chatserver:stream"
+    if scenario == "storm":
+        return f"chatserver:storm:{clients}"
+    return "chatserver"
+
+
+def member_token(base: str, index: int) -> str:
+    """The API token of storm user `index`, derived from the bench user's (secret) token."""
+    return f"{base}.{index}"
+
+
+def _limits_section(extra: dict[str, int] | None = None) -> str:
     from chatserver.config import LimitsConfig  # the installed chatserver's own keys
 
     known = {f.name for f in dataclasses.fields(LimitsConfig)}
-    lines = [f"{k} = {v}\n" for k, v in CONNECTION_CAPS.items() if k in known]
+    wanted = {**CONNECTION_CAPS, **(extra or {})}
+    lines = [f"{k} = {v}\n" for k, v in wanted.items() if k in known]
     return "[limits]\n" + "".join(lines) if lines else ""
 
 
-def chatserver_config(port: int, storage: Storage, processes: int = 1) -> str:
+def chatserver_config(port: int, storage: Storage, processes: int = 1,
+                      limits: dict[str, int] | None = None) -> str:
     """The TOML the brief prescribes: free port, temp store, no rate limit on the publisher,
     no connection caps (one user holds every connection), and login throttling lifted so the
-    ping scenario's logins really verify passwords."""
+    ping scenario's logins really verify passwords. `limits`: more [limits] keys."""
     if storage.dsn:
         store = f'backend = "postgres"\ndsn = {_toml_str(storage.dsn)}\n'
     else:
@@ -79,7 +111,7 @@ def chatserver_config(port: int, storage: Storage, processes: int = 1) -> str:
         "[store]\n"
         f"{store}"
         f"{broker}"
-        f"{_limits_section()}"
+        f"{_limits_section(limits)}"
         "[limits.rate]\n"
         "per_second = 100000\n"
         "burst = 100000\n"
@@ -94,11 +126,12 @@ def chatserver_config(port: int, storage: Storage, processes: int = 1) -> str:
 
 
 def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool,
-                       storage: Storage, processes: int) -> Prepared:
+                       storage: Storage, processes: int, variant: str = "") -> Prepared:
     configs = []
     for i, port in enumerate(ports):
         cfg = tmp / f"bench-{i}.toml"
-        cfg.write_text(chatserver_config(port, storage, processes))
+        limits = STREAM_LIMITS if variant == "stream" else None
+        cfg.write_text(chatserver_config(port, storage, processes, limits))
         configs.append(cfg)
     argvs = [python_module("chatserver", "--config", str(cfg)) for cfg in configs]
     cli = argvs[0]  # every instance shares the store: users and rooms are made once
@@ -115,7 +148,35 @@ def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool
         run_cli(cli + ["user", "add", PINGER_USER], stdin=f"{PINGER_PASSWORD}\n".encode())
         add_pinger = " ".join(cli + ["user", "add", PINGER_USER])
         notes.append(f"printf '{PINGER_PASSWORD}\\n' | {add_pinger}")
+    if variant.startswith("storm:"):
+        users = int(variant.split(":")[1])
+        asyncio.run(_add_token_users(configs[0], users, token))
+        notes.append(f"{users} users {STORM_USER_PREFIX}0.. with one API token each, written "
+                     "through the store (the admin CLI would take a process per user)")
+        argvs = [python_module("benchlib.restarter", "--control", str(tmp), "--", *argv)
+                 for argv in argvs]
+        notes.append("server run under benchlib.restarter (SIGUSR1: SIGTERM, wait, start again)")
     return Prepared(argvs, token, notes, config_files=[str(c) for c in configs])
+
+
+async def _add_token_users(config_file: Path, count: int, base_token: str) -> None:
+    """Users storm0..storm<count-1>, each with the API token `member_token(base_token, i)`."""
+    from chatserver.app import make_store
+    from chatserver.auth import hash_token
+    from chatserver.config import load_config
+
+    store = make_store(load_config(str(config_file)).store)
+    await store.open()
+    try:
+        for first in range(0, count, 500):  # the store's write queue is bounded
+            batch = range(first, min(count, first + 500))
+            users = await asyncio.gather(*(
+                store.create_user(f"{STORM_USER_PREFIX}{i}", _NO_PASSWORD) for i in batch))
+            await asyncio.gather(*(
+                store.add_token(user.id, hash_token(member_token(base_token, i)), "api")
+                for i, user in zip(batch, users, strict=True)))
+    finally:
+        await store.close()
 
 
 def prepare_socketio(ports: list[int], redis_url: str) -> Prepared:
@@ -147,10 +208,11 @@ def prepare(kind: str, tmp: Path, ports: list[int], *, label: str, room: str,
             backends: Backends | None) -> Prepared:
     """Prepare one run; several `ports` mean several instances (chatserver and socketio)."""
     redis_url = backends.redis_url if backends else ""
+    kind, _, variant = kind.partition(":")
     if kind == "chatserver":
         dsn = backends.new_database(label) if backends else ""
         storage = Storage(tmp / "bench.db", dsn, redis_url)
-        return prepare_chatserver(tmp, ports, room, with_pinger, storage, processes)
+        return prepare_chatserver(tmp, ports, room, with_pinger, storage, processes, variant)
     if kind == "socketio":
         if processes != 1:
             raise ValueError("the socketio peer runs as one process per instance")
