@@ -18,17 +18,32 @@ from .plan import Section
 
 USAGE = """Benchmark chatserver: WebSocket fan-out latency and throughput (scenario fanout),
 event-loop freedom under Markdown and login load (ping), sustainable deliveries/s under a p99
-bound (capacity), and the cost of crossing instances through Redis (crossinstance). The server
-runs pinned to CPU 0, the load generator (and PostgreSQL and Redis) pinned to CPU 1."""
+bound (capacity), the cost of crossing instances through Redis (crossinstance), one token
+stream into a room with slow readers (stream: 500 deltas/s, 200 readers, 10 throttled to
+20 KB/s), and a reconnect storm after a restart (storm: 2,000 clients, each its own user,
+back within 1 s, resumed with `join after`). The server runs pinned to CPU 0, the load
+generator (and PostgreSQL and Redis) pinned to CPU 1."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None: those options say in their help what they default to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=USAGE,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scenario", choices=["fanout", "ping", "capacity", "crossinstance"],
-                   default="fanout")
-    p.add_argument("--clients", type=int, default=1000, help="room members")
-    p.add_argument("--rate", type=float, default=100.0, help="fanout: publisher msgs/s")
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--scenario", choices=["fanout", "ping", "capacity", "crossinstance",
+                                          "stream", "storm"], default="fanout")
+    p.add_argument("--clients", type=int,
+                   help="room members (default: 1000; stream 200 readers, storm 2000 clients)")
+    p.add_argument("--rate", type=float,
+                   help="fanout: publisher msgs/s (default: 100); stream: deltas/s (default: "
+                        "500)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--size", type=int, default=200, help="text bytes per message")
@@ -92,7 +107,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="a step measures for at least this many messages (longer at low rates)")
     c.add_argument("--step-warmup", type=float, default=1.0, help="warm-up seconds per step")
     c.add_argument("--max-steps", type=int, default=16)
+
+    i = p.add_argument_group("stream and storm scenarios (issue 4)")
+    i.add_argument("--throttled", type=int, default=10,
+                   help="stream: readers with a small SO_RCVBUF that read at most "
+                        "--throttle-rate (they are among --clients)")
+    i.add_argument("--throttle-rate", type=float, default=20_000.0,
+                   help="stream: bytes/s a throttled reader takes off its socket")
+    i.add_argument("--storm-window", type=float, default=1.0,
+                   help="storm: every client reconnects at a uniformly random moment this many "
+                        "seconds after the restarted server listens again")
+    i.add_argument("--storm-give-up", type=float, default=60.0,
+                   help="storm: stop waiting for clients to resume this long after the server "
+                        "is back (the target is 15 s; the rest measures how late they are)")
     args = p.parse_args(argv)
+    plan.fill_defaults(args)
     problem = plan.check(args)
     if problem:
         p.error(problem)

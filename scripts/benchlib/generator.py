@@ -8,6 +8,7 @@ Phase changes are printed to stdout as one JSON object per line, for the orchest
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import traceback
@@ -17,7 +18,7 @@ from typing import Any
 
 import uvloop
 
-from . import capacity, fanout, ping
+from . import capacity, fanout, ping, storm, stream
 from .timing import Emit
 
 Scenario = Callable[[dict[str, Any], Emit], Coroutine[Any, Any, dict[str, Any]]]
@@ -31,7 +32,8 @@ async def crossinstance(spec: dict[str, Any], emit: Emit) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Scenario] = {"fanout": fanout.run, "ping": ping.run,
-                                  "capacity": capacity.run, "crossinstance": crossinstance}
+                                  "capacity": capacity.run, "crossinstance": crossinstance,
+                                  "stream": stream.run, "storm": storm.run}
 
 
 def emit(event: str) -> None:
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
     spec_path, out_path = argv[1], argv[2]
     with open(spec_path) as f:
         spec: dict[str, Any] = json.load(f)
+    # the run's temp dir, which the server's helpers share (storm: the restarter's control)
+    spec.setdefault("run_dir", os.path.dirname(os.path.abspath(spec_path)))
     raise_fd_limit()
     try:
         result: dict[str, Any] = uvloop.run(SCENARIOS[spec["scenario"]](spec, emit))

@@ -4,7 +4,8 @@ Targets (same machine, one invocation):
 - peer: chatserver >= 5x socketio's sustainable deliveries/s, and p99 <= 1/10 of socketio's
   at 1,000 members x 20 msgs/s;
 - processes: the largest process count >= 1.6x the smallest's sustainable deliveries/s;
-- crossinstance: cross-instance p50 - same-instance p50 < 2 ms.
+- crossinstance: cross-instance p50 - same-instance p50 < 2 ms;
+- stream and storm (issue 4): in `report_resilience`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from . import report
 from .plan import Section
 from .report import Run
 from .report_capacity import difference, render_capacity, render_crossinstance
+from .report_resilience import render_resilience
 from .stats import ratio
 
 PEER_THROUGHPUT_TARGET = 5.0
@@ -150,6 +152,8 @@ def render(section: Section, ok: dict[str, Run], figures: Ratios | None,
         body += "\n".join(["", *report.warnings(ok)])
     elif section.scenario == "crossinstance":
         body = "\n".join([render_crossinstance(ok), *report.warnings(ok)])
+    elif section.scenario in ("stream", "storm"):
+        body = render_resilience(ok)  # with its targets (issue 4)
     else:
         body = report.render_basic(ok, figures, section.compare)
     lines = targets(section, ok, figures, args)

@@ -19,10 +19,16 @@ from . import placement
 from .backends import Backends
 from .orchestrate import RunConfig
 from .placement import Placement
-from .targets import PINGER_PASSWORD, PINGER_USER
+from .targets import PINGER_PASSWORD, PINGER_USER, STREAM_MESSAGE_BYTES, variant_kind
 
 CAPACITY_KEYS = ("start_rate", "max_rate", "refine", "step_warmup", "step_duration",
                  "step_min_messages", "max_steps")
+# issue 4's scenarios speak chatserver's stream ops and restart it: chatserver only
+CHATSERVER_ONLY = ("stream", "storm")
+# --clients and --rate when not given: the issue's numbers for its scenarios
+DEFAULT_CLIENTS = {"stream": 200, "storm": 2000}
+DEFAULT_RATE = {"stream": 500.0}
+STREAM_DELTA_BYTES = 5  # "1f3 ": hex digits of the delta's index and a space
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,36 @@ def process_counts(args: argparse.Namespace) -> list[int]:
     return [args.processes]
 
 
+def fill_defaults(args: argparse.Namespace) -> None:
+    """--clients and --rate that were not given take the scenario's default."""
+    if args.clients is None:
+        args.clients = DEFAULT_CLIENTS.get(args.scenario, 1000)
+    if args.rate is None:
+        args.rate = DEFAULT_RATE.get(args.scenario, 100.0)
+
+
+def _check_issue4(args: argparse.Namespace) -> str | None:
+    if args.baseline or args.peer or args.target != "chatserver" or args.server_cmd:
+        return f"--scenario {args.scenario} runs against chatserver only (no --baseline, " \
+               "--peer, --target or --server-cmd)"
+    if args.processes != 1 or args.compare_processes:
+        return f"--scenario {args.scenario} runs one chatserver process"
+    if args.scenario == "stream":
+        if not 0 <= args.throttled <= args.clients:
+            return "--throttled must be between 0 and --clients"
+        deltas = args.rate * (args.warmup + args.duration)
+        if deltas * STREAM_DELTA_BYTES > STREAM_MESSAGE_BYTES:
+            return f"the stream would be ~{deltas * STREAM_DELTA_BYTES:,.0f} bytes, over the " \
+                   f"bench's max_message_bytes ({STREAM_MESSAGE_BYTES:,}): shorten it"
+    if args.scenario == "storm" and args.storm_window < 0:
+        return "--storm-window must be at least 0"
+    return None
+
+
 def check(args: argparse.Namespace) -> str | None:
     """The first problem with a combination of options, or None."""
+    if args.scenario in CHATSERVER_ONLY:
+        return _check_issue4(args)
     try:
         counts = process_counts(args)
     except ValueError:
@@ -76,11 +110,17 @@ def scenario_spec(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
     if scenario == "ping":
         return {**common, "md_senders": 4, "md_size": 8192, "login_concurrency": 20,
                 "login_user": PINGER_USER, "login_password": PINGER_PASSWORD}
+    if scenario == "storm":
+        return {**common, "clients": args.clients, "size": args.size,
+                "connect_concurrency": args.connect_concurrency,
+                "storm_window": args.storm_window, "storm_give_up": args.storm_give_up}
     spec = {**common, "clients": args.clients, "rate": args.rate, "size": args.size,
             "connect_concurrency": args.connect_concurrency}
     if scenario == "capacity":
         spec.update({k: getattr(args, k) for k in CAPACITY_KEYS})
         spec["p99_bound_ms"] = args.p99_bound
+    if scenario == "stream":
+        spec.update({"throttled": args.throttled, "throttle_rate": args.throttle_rate})
     return spec
 
 
@@ -90,6 +130,8 @@ def run_timeout(args: argparse.Namespace, scenario: str) -> float:
         longest = max(args.step_duration, args.step_min_messages / args.start_rate * 16)
         per_step: float = args.step_warmup + longest + args.drain + 5 + args.connect_timeout
         return 120.0 + int(args.max_steps) * per_step
+    if scenario == "storm":  # connect, restart (up to 60 s), the storm, closing
+        return 240.0 + args.clients / 20 + float(args.storm_give_up)
     once: float = args.warmup + args.duration + 2 * args.drain
     return 120.0 + once
 
@@ -97,6 +139,8 @@ def run_timeout(args: argparse.Namespace, scenario: str) -> float:
 def _config(args: argparse.Namespace, scenario: str, label: str, kind: str, *,
             processes: int = 1, where: Placement | None = None) -> RunConfig:
     custom = kind == "chatserver" and args.server_cmd
+    if kind == "chatserver" and not custom:
+        kind = variant_kind(scenario, args.clients)
     return RunConfig(label, "custom" if custom else kind, scenario, scenario_spec(args, scenario),
                      args.server_cmd if custom else None, args.token, args.startup_timeout,
                      run_timeout(args, scenario), processes, where or Placement(), args.gc_stats)
