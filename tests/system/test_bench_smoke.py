@@ -150,15 +150,89 @@ def test_postgres_redis_processes_and_crossinstance(tmp_path: Path) -> None:
     assert "Target: cross-instance delivery adds" in stdout
 
 
-def test_rate_search_doubles_then_bisects() -> None:
-    """The capacity scenario's step search, on a server that passes up to 100 msgs/s."""
+@pytest.mark.timeout(60)
+def test_small_stream_reaches_fast_and_throttled_readers(tmp_path: Path) -> None:
+    """A 2.5 s stream at 500 deltas/s into 30 readers, 5 of them throttled to 20 KB/s: every
+    reader gets the whole text in order and the stored message that ends it."""
+    stdout, doc = bench(tmp_path, "--scenario", "stream", "--clients", "30", "--throttled", "5",
+                        "--duration", "2", "--warmup", "0.5", "--drain", "20",
+                        "--startup-timeout", "20", timeout=55)
+    run = doc["runs"]["chatserver"]
+    assert run["connected"] == 30 and run["rate"] == 500
+    assert run["deltas_sent"] > 1000 and run["stream_errors"] == {}
+    assert LATENCY_KEYS <= run["fast_latency_ms"].keys() and run["fast_latency_ms"]["count"] > 0
+    for group, readers in (("fast", 25), ("slow", 5)):
+        figures = run[group]
+        assert figures["readers"] == readers
+        assert figures["complete_text"] == figures["got_end"] == figures["end_text_matches"] \
+            == readers, figures
+        assert figures["closed"] == {}
+    assert run["fast"]["delta_frames_min"] == run["deltas_sent"]  # fast: one frame per delta
+    assert run["throttled_read_bytes_per_s"] < 25_000  # the token bucket held them to ~20 KB/s
+    assert run["server_peak_rss_mb"] > 0
+    assert "| fast delta latency p99 ms |" in stdout
+    assert "Target: every throttled reader gets the complete text (and the end): 5/5" in stdout
+    assert "Target: server RSS < 300 MB" in stdout
+
+
+@pytest.mark.timeout(60)
+def test_small_storm_resumes_every_client_after_a_restart(tmp_path: Path) -> None:
+    """100 clients (one user each) see 1001 at a restart, reconnect within 1 s of the server
+    being back, and resume with every missed message, none twice; loop lag comes from
+    /metrics."""
+    stdout, doc = bench(tmp_path, "--scenario", "storm", "--clients", "100",
+                        "--storm-give-up", "20", "--startup-timeout", "20", timeout=55)
+    run = doc["runs"]["chatserver"]
+    assert run["connected"] == 100 and run["received_before"]
+    assert run["close_codes_at_restart"] == {"1001": 100}
+    assert run["server_exit_status_at_restart"] == 0 and run["down_s"] > 0
+    assert run["missed_per_client"] == run["messages_after"] > 0
+    assert run["resumed"] == run["resumed_within_target"] == 100, run["failures"]
+    assert run["failed"] == run["duplicates"] == run["out_of_order"] == 0
+    assert run["statuses"]["101"] >= 100
+    assert run["loop_lag_samples"] > 0 and run["loop_lag_p99_bound_ms"] is not None
+    assert "benchlib.restarter" in " ".join(run["server_argv"])
+    assert "Target: all 100 clients back and resumed within 15 s" in stdout
+    assert "Target: event-loop lag p99 < 100 ms during the storm" in stdout
+
+
+def _load_benchlib(name: str) -> Any:
+    """A benchlib module that needs nothing but the standard library, loaded by path."""
     spec = importlib.util.spec_from_file_location(
-        "bench_ratesearch", ROOT / "scripts" / "benchlib" / "ratesearch.py")
+        f"bench_{name}", ROOT / "scripts" / "benchlib" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # the dataclass decorator looks its module up
     spec.loader.exec_module(module)
-    RateSearch = module.RateSearch  # noqa: N806 - a class, named as such
+    return module
+
+
+def test_loop_lag_percentile_from_two_scrapes() -> None:
+    """The storm's loop-lag p99: bucket deltas between two scrapes, reported as the bound of
+    the bucket the 99th percentile falls in."""
+    promtext = _load_benchlib("promtext")
+
+    def scrape(counts: list[int]) -> str:
+        bounds = ["0.01", "0.05", "0.1", "0.25", "+Inf"]
+        return "\n".join(["# TYPE chat_event_loop_lag_seconds histogram"] + [
+            f'chat_event_loop_lag_seconds_bucket{{le="{le}"}} {n}.0'
+            for le, n in zip(bounds, counts, strict=True)])
+
+    lag = "chat_event_loop_lag_seconds"
+    before = promtext.buckets(promtext.parse(scrape([5, 5, 5, 5, 5])), lag)
+    after = promtext.buckets(promtext.parse(scrape([90, 103, 104, 105, 105])), lag)
+    storm = promtext.delta(after, before)  # 100 samples: 85 <= 10 ms, 13 <= 50, 1 <= 100, 1 <= 250
+    assert promtext.percentile_bound(storm, 50) == 0.01
+    assert promtext.percentile_bound(storm, 99) == 0.1
+    assert promtext.highest_bound(storm) == 0.25
+    assert promtext.percentile_bound(promtext.delta(before, before), 99) is None
+    labelled = promtext.parse('chat_overload_shed_total{what="connections"} 7.0')
+    assert promtext.value(labelled, "chat_overload_shed_total", what="connections") == 7.0
+
+
+def test_rate_search_doubles_then_bisects() -> None:
+    """The capacity scenario's step search, on a server that passes up to 100 msgs/s."""
+    RateSearch = _load_benchlib("ratesearch").RateSearch  # noqa: N806 - a class, named as such
     search = RateSearch(start=10, max_rate=1000, refine=3, floor=1)
     tried = []
     while (rate := search.next_rate()) is not None:
