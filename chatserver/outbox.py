@@ -37,7 +37,7 @@ from chatserver.protocol import join_stream_deltas
 
 log = logging.getLogger(__name__)
 
-BATCH_BYTES = 256 * 1024  # most bytes handed to the socket in one write
+BATCH_BYTES = 64 * 1024  # most bytes per socket write: about the transport's high-water mark
 FLUSH_PASS_OUTBOXES = 1024  # outboxes one flusher pass writes before it yields the loop
 
 
