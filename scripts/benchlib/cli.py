@@ -47,8 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--size", type=int, default=200, help="text bytes per message")
-    p.add_argument("--drain", type=float, default=10.0,
-                   help="max seconds to wait for stragglers after sending stops")
+    p.add_argument("--drain", type=float,
+                   help="max seconds to wait for stragglers after sending stops (default: 10; "
+                        "stream 60, for the throttled readers)")
     p.add_argument("--room", default="bench")
     p.add_argument("--target", choices=["chatserver", "naive", "firehose"], default="chatserver",
                    help="server under test (firehose: a near-free server to calibrate the "
