@@ -136,7 +136,7 @@ def run_timeout(args: argparse.Namespace, scenario: str) -> float:
         per_step: float = args.step_warmup + longest + args.drain + 5 + args.connect_timeout
         return 120.0 + int(args.max_steps) * per_step
     if scenario == "storm":  # connect, restart (up to 60 s), the storm, closing
-        return 240.0 + args.clients / 20 + float(args.storm_give_up)
+        return 240.0 + int(args.clients) / 20 + float(args.storm_give_up)
     once: float = args.warmup + args.duration + 2 * args.drain
     return 120.0 + once
 
