@@ -183,7 +183,8 @@ async def attempt(spec: StormSpec, member: Member, after: int | None) -> float |
     try:
         joined = await client.join(spec.room, ATTEMPT_TIMEOUT_S, after)
     except (OSError, TimeoutError, RuntimeError) as exc:
-        why = str(exc) if isinstance(exc, RuntimeError) else outcome_of(exc)
+        why = f"closed {client.close_code}" if isinstance(exc, ServerClosed) else \
+            str(exc) if isinstance(exc, RuntimeError) else outcome_of(exc)
         member.last_outcome = f"join failed: {why}"
         member.attempts["join failed"] += 1
         client.close()
