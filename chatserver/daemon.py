@@ -25,8 +25,9 @@ from chatserver.reload import reload
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL = 5.0
-GC_GEN0_THRESHOLD = 10_000  # seconds between STATUS= updates when systemd set no watchdog
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates when systemd set no watchdog
+LISTEN_BACKLOG = 4096  # connections waiting to be accepted (the kernel caps it at somaxconn)
+GC_GEN0_THRESHOLD = 10_000  # allocations between young-generation collections (default 700)
 
 
 def sd_notify(message: str) -> None:
@@ -130,7 +131,11 @@ async def serve(config: Config, notifier: Notifier) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", getattr(exc, "message", None) or exc)
         return 1
-    site = web.TCPSite(runner, server.host, server.port, reuse_port=server.processes > 1)
+    # A reconnect storm (every client of a restarted instance at once) must queue in the
+    # kernel, not overflow aiohttp's default backlog of 128 into 1 s, 3 s, 7 s SYN retries;
+    # the kernel caps it at net.core.somaxconn.
+    site = web.TCPSite(runner, server.host, server.port, reuse_port=server.processes > 1,
+                       backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
