@@ -6,10 +6,12 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
   lose events for other instances (e.g. while Redis is down). The store is the source of
   truth: `message` events carry their seq, and the hub re-reads the store when it sees a gap,
   so a lost message event costs latency, never a gap a client can see.
-- The publishing instance's own handler is called in publish order, inside `publish` or at the
-  latest in the next loop step (when it is subscribed to the room): local members never wait
-  for a network round trip, and local delivery works while the network is down. Other
-  instances get the event over the network and never get their own events back.
+- The publishing instance's own handler is called in publish order (when it is subscribed to
+  the room) within LOCAL_DELIVERY_MAX of `publish`: inside `publish` for the in-process
+  broker; after the round trip that hands the event to Redis, bounded by a few milliseconds,
+  for the Redis broker (so other instances need not wait for this one's fan-out). Local
+  delivery works while the network is down. Other instances get the event over the network
+  and never get their own events back.
 - Events of one room published from one instance reach every subscribed instance in publish
   order.
 - The handler set with `set_handler` is called on the event loop, once per event, only for
@@ -31,6 +33,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import orjson
+
+# The longest a publishing instance's own subscribers wait for an event (seconds).
+LOCAL_DELIVERY_MAX = 0.005
 
 EventKind = Literal["message", "typing", "stream", "presence"]
 

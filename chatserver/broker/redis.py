@@ -2,13 +2,17 @@
 
 Delivery follows `chatserver.broker.base`. How this backend provides it:
 
-- Local first: `publish` calls this instance's handler synchronously, then appends the event
-  to a bounded queue and returns. One publisher task drains the queue, sending everything
-  pending as one pipeline per round; rounds run one after the other, so events reach Redis in
-  publish order. A full queue, or Redis being unreachable, drops events (counted in
-  `dropped`): the store is the source of truth. After a drop the publisher's next round
-  starts with a `resync` request on the presence channel, so other instances re-read their
-  rooms from the store; after Redis was unreachable it also calls this instance's resync.
+- Redis first, then local: `publish` appends the event to a bounded queue and returns. One
+  publisher task drains the queue, sending everything pending as one pipeline per round;
+  rounds run one after the other, so events reach Redis in publish order. This instance's
+  own subscribers get an event once the round carrying it has been answered by Redis (or
+  after LOCAL_DELIVERY_MAX, whichever comes first; at once while Redis is unreachable), always in
+  publish order: the local fan-out (one socket write per member) would otherwise delay the
+  write to Redis, and every other instance's fan-out with it. A full queue, or Redis being
+  unreachable, drops events (counted in `dropped`): the store is the source of truth. After a
+  drop the publisher's next round starts with a `resync` request on the presence channel, so
+  other instances re-read their rooms from the store; after Redis was unreachable it also
+  calls this instance's resync.
 - One PubSub connection, read by one listener task, carries every subscribed room channel
   and the presence channel (wire format: `chatserver.broker.redis_wire`). Events whose origin
   is this instance are skipped: local subscribers already had them.
@@ -43,7 +47,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from chatserver.broker.base import Broker, Event, presence_event
+from chatserver.broker.base import LOCAL_DELIVERY_MAX, Broker, Event, presence_event
 from chatserver.broker.redis_presence import RedisPresence
 from chatserver.broker.redis_wire import Channels, WireError, decode, encode_event, encode_resync
 from chatserver.errors import BrokerUnavailable
@@ -98,7 +102,9 @@ class RedisBroker(Broker):
         self._resubscribed = asyncio.Event()  # wakes a publisher waiting for Redis
         self._resync_pending = False
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] = deque()  # to send to Redis
+        self._local: deque[Event] = deque()  # to deliver here, in publish order
+        self._local_timer: asyncio.TimerHandle | None = None
         self._queue_ready = asyncio.Event()
         self._publisher_down = False
         self._outgoing_lost = False
@@ -222,23 +228,32 @@ class RedisBroker(Broker):
     # -- publishing ------------------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        # Redis first, local fan-out one loop step later: the publisher task woken here runs
-        # (and writes the event to Redis) before the local fan-out wakes hundreds of writer
-        # tasks, so other instances hear of it without waiting for this one's writes
-        # (measured: cross-instance p50 +9-13 ms at 1,000 members the other way round).
-        # call_soon is FIFO, so local delivery keeps publish order.
-        if self._state != "closed":
-            if self._publisher_down or len(self._queue) >= self._queue_max:
+        # Redis first: other instances hear of the event without waiting for this one's
+        # fan-out (measured: cross-instance p50 +9-13 ms at 1,000 members the other way).
+        self._local.append(event)
+        loop = asyncio.get_running_loop()
+        if self._state == "closed" or self._publisher_down or \
+                len(self._queue) >= self._queue_max:
+            if self._state != "closed":
                 self._drop(1)
-            else:
-                self._queue.append(event)
-                self._queue_ready.set()
-        if self._handler is not None and self._wants(event):
-            asyncio.get_running_loop().call_soon(self._deliver_locally, event)
+            loop.call_soon(self._deliver_locally)
+            return
+        self._queue.append(event)
+        self._queue_ready.set()
+        if self._local_timer is None:
+            # a slow Redis must not hold this instance's own deliveries back for longer
+            self._local_timer = loop.call_later(LOCAL_DELIVERY_MAX, self._deliver_locally)
 
-    def _deliver_locally(self, event: Event) -> None:
-        if self._handler is not None and self._wants(event):
-            self._handler(event)
+    def _deliver_locally(self) -> None:
+        """Hand every event published so far to this instance's subscribers, in order."""
+        if self._local_timer is not None:
+            self._local_timer.cancel()
+            self._local_timer = None
+        local, handler = self._local, self._handler
+        while local:
+            event = local.popleft()
+            if handler is not None and self._wants(event):
+                handler(event)
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -289,6 +304,8 @@ class RedisBroker(Broker):
         except BaseException:
             self._drop(len(batch))
             raise
+        finally:
+            self._deliver_locally()
         self.published += len(batch)
 
     async def _wait_until_reachable(self) -> None:

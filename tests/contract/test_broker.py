@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from chatserver.broker.base import Broker, Event
+from chatserver.broker.base import LOCAL_DELIVERY_MAX, Broker, Event
 
 BACKENDS = ["memory", "redis"]
 WAIT = 15.0  # seconds: generous for a slow 2-core machine; the checks poll, not sleep
+# Local delivery is due within LOCAL_DELIVERY_MAX; the slack is for a busy machine's loop.
+LOCAL_SETTLE = LOCAL_DELIVERY_MAX + 0.2
 
 
 @dataclass
@@ -110,13 +112,14 @@ async def instances(request: pytest.FixtureRequest) -> AsyncIterator[Instances]:
 # -- one instance ------------------------------------------------------------------------------
 
 
-async def test_local_delivery_needs_no_network_round_trip(instances: Instances) -> None:
-    """The publishing instance's handler has the event within one loop step of publish."""
+async def test_local_delivery_is_prompt(instances: Instances) -> None:
+    """The publishing instance's handler has the event within LOCAL_DELIVERY_MAX of publish
+    (plus a busy loop's slack)."""
     broker, seen = await instances.open()
     await broker.subscribe("general")
     event = message("general", 1)
     broker.publish(event)
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     assert seen.events == [event]
 
 
@@ -125,7 +128,7 @@ async def test_unsubscribed_room_is_not_delivered(instances: Instances) -> None:
     broker, seen = await instances.open()
     await broker.subscribe("general")
     broker.publish(message("random", 1))
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     assert seen.events == []
 
 
@@ -134,10 +137,10 @@ async def test_unsubscribe_stops_delivery(instances: Instances) -> None:
     broker, seen = await instances.open()
     await broker.subscribe("general")
     broker.publish(message("general", 1))
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     await broker.unsubscribe("general")
     broker.publish(message("general", 2))
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     assert seen.seqs("general") == [1]
 
 
@@ -147,7 +150,7 @@ async def test_presence_is_delivered_for_any_subscribed_room(instances: Instance
     await broker.subscribe("b")
     broker.publish(presence("alice", "online", ("a", "b")))
     broker.publish(presence("bob", "online", ("c",)))
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     assert [e.user for e in seen.events] == ["alice"]
 
 
@@ -157,7 +160,7 @@ async def test_local_events_keep_publish_order(instances: Instances) -> None:
     await broker.subscribe("general")
     for seq in range(1, 101):
         broker.publish(message("general", seq))
-    await asyncio.sleep(0)
+    await asyncio.sleep(LOCAL_SETTLE)
     assert seen.seqs("general") == list(range(1, 101))
 
 
