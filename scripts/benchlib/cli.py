@@ -86,9 +86,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "needs root), emulating a core per process plus cores for the generator")
     g.add_argument("--cpu-budget", type=float, default=0.4,
                    help="with --cpu-share budget: cores per worker process")
-    g.add_argument("--cross-pin", choices=["split", "same"], default="split",
-                   help="crossinstance: split = instance A on CPU 0, B on CPU 1; same = both "
-                        "on CPU 0")
+    g.add_argument("--cross-pin", choices=["split", "split-priority", "same"], default="split",
+                   help="crossinstance: split = instance A on CPU 0, B on CPU 1; "
+                        "split-priority = the same with the generator at nice 10, so B "
+                        "preempts it (B as if on its own host); same = both on CPU 0")
+    g.add_argument("--cross-members", choices=["alternate", "separate"], default="alternate",
+                   help="crossinstance: alternate = one run, members alternating between A and "
+                        "B; separate = a run with every member on A, then one with every member "
+                        "on B, so the generator's reading is the same in both (use with "
+                        "--cross-pin same)")
     g.add_argument("--peer", choices=["socketio"],
                    help="also run the same load against python-socketio's AsyncServer "
                         "(AsyncRedisManager with postgres-redis); with fanout, the capacity of "

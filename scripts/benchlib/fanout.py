@@ -6,8 +6,9 @@ that politely slows down (coordinated omission).
 
 The pieces here (connecting members, the publisher, draining, exact accounting) are shared by
 the `crossinstance` and `capacity` scenarios. Members may be spread over several server
-ports (instances); member i connects to `ports[i % len(ports)]` and records its latencies in
-that port's Recorder, and the publisher always uses `ports[0]`.
+ports (instances); member i connects to `member_ports[i % len(member_ports)]` (default: all
+the ports) and records its latencies in that port's Recorder, and the publisher always uses
+`ports[0]`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class FanoutSpec:
     drain: float
     connect_timeout: float
     connect_concurrency: int
+    member_ports: tuple[int, ...] = ()  # where members connect; () = all of `ports`
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FanoutSpec:
         values = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         values["ports"] = tuple(d["ports"])
+        values["member_ports"] = tuple(d.get("member_ports") or d["ports"])
         values.setdefault("protocol", "chatserver")
         return cls(**values)
 
@@ -146,10 +149,11 @@ async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder],
     """Connect and join all members; member i uses port and Recorder i modulo their count,
     and the client class `kind(i)` names (default: the spec's dialect)."""
     sem = asyncio.Semaphore(spec.connect_concurrency)
-    n = len(spec.ports)
+    ports = spec.member_ports or spec.ports
+    n = len(ports)
     kinds = [kind(i) if kind else (spec.dialect, None) for i in range(spec.clients)]
     results = await asyncio.gather(
-        *(_connect_member(spec, spec.ports[i % n], recs[i % n], sem, *kinds[i])
+        *(_connect_member(spec, ports[i % n], recs[i % n], sem, *kinds[i])
           for i in range(spec.clients)),
         return_exceptions=True,
     )
@@ -296,7 +300,7 @@ async def close_all(clients: Sequence[WsClient]) -> None:
 async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     spec = FanoutSpec.from_dict(spec_dict)
     # with several instances, per-message first/last copy times show where the time goes
-    recs = [Recorder(per_message=len(spec.ports) > 1) for _ in spec.ports]
+    recs = [Recorder(per_message=len(spec.ports) > 1) for _ in spec.member_ports or spec.ports]
     t0 = time.monotonic()
     members = await connect_members(spec, recs)
     if not members.clients:
@@ -311,7 +315,7 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     result = summarize(spec, members, pub, recs, phase)
     result.update({"connect_s": round(connect_s, 3), "connect_failed": len(members.errors),
                    "connect_errors": members.errors[:5]})
-    if len(spec.ports) > 1:
+    if len(spec.ports) > 1:  # several instances: figures per instance the members are on
         result["groups"] = group_figures(members, recs)
     await close_all([*members.clients, publisher])
     return result

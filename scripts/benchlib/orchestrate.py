@@ -113,7 +113,7 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
                         "port": ports[0], "ports": ports, "token": prep.token,
                         "protocol": prep.protocol}
                 result, marks = await _generate(cfg.label, spec, tmp, trees, cfg.run_timeout,
-                                                procs[0], cfg.placement.generator_cpu)
+                                                procs[0], cfg.placement)
             finally:
                 sampler.cancel()
             for tree in trees.all():
@@ -141,13 +141,15 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
 
 
 async def _generate(label: str, spec: dict[str, Any], tmp: Path, trees: Trees, timeout: float,
-                    server: servers.ManagedProcess, cpus: str
+                    server: servers.ManagedProcess, where: Placement
                     ) -> tuple[dict[str, Any], dict[str, Mark]]:
     """Run the generator child; returns its result and the Mark taken at each phase event."""
     spec_path, out_path = tmp / "spec.json", tmp / "result.json"
     spec_path.write_text(json.dumps(spec))
-    argv = servers.pinned(cpus, [sys.executable, "-m", "benchlib.generator", str(spec_path),
-                                 str(out_path)])
+    argv = servers.pinned(where.generator_cpu, [sys.executable, "-m", "benchlib.generator",
+                                                str(spec_path), str(out_path)])
+    if where.generator_nice:
+        argv = ["nice", "-n", str(where.generator_nice), *argv]
     with _open_log(tmp / "generator.log") as log:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=log, env=servers.child_env(),

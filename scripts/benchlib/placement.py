@@ -28,6 +28,10 @@ of its share, so the comparison measured the scheduler. Not used.)
 CPU 0 and B on CPU 1 next to the generator, so that B's work on a message runs in parallel with
 A's as it would on two hosts; `same` puts both on CPU 0, where B waits for A's fan-out to
 finish before it gets the CPU, which adds A's fan-out time to every cross-instance delivery.
+In `split`, B still waits for the generator, which at that moment is reading A's copies of the
+same message on CPU 1: `split-priority` runs the generator at nice 10, so B (nice 0) preempts
+it as soon as its event arrives from Redis, as if B had a host of its own. The generator's
+reads of both instances' copies are delayed alike while B writes.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Placement:
     instance_cpus: tuple[str, ...] = (SERVER_CPU,)  # taskset list for each server instance
     note: str = "server on CPU 0"
     share: str = ""  # "spread", "one-core" or "budget" for runs of several processes
+    generator_nice: int = 0  # > 0: the generator yields its CPU to the servers sharing it
     cpu_budget: float = 0.0  # cores per worker process (CFS quota); 0: no quota
 
     @property
@@ -80,6 +85,10 @@ def for_instances(pin: str) -> Placement:
     """Two single-process instances for the crossinstance scenario."""
     if pin == "same":
         return Placement(instance_cpus=("0", "0"), note="instances A and B both on CPU 0")
+    if pin == "split-priority":
+        return Placement(instance_cpus=("0", "1"), generator_nice=10,
+                         note="instance A on CPU 0, instance B on CPU 1 ahead of the generator "
+                              "(nice 10), PostgreSQL and Redis")
     return Placement(instance_cpus=("0", "1"),
                      note="instance A on CPU 0, instance B on CPU 1 (shared with the generator, "
                           "PostgreSQL and Redis)")

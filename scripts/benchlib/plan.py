@@ -126,6 +126,8 @@ def scenario_spec(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
         spec["p99_bound_ms"] = args.p99_bound
     if scenario == "stream":
         spec.update({"throttled": args.throttled, "throttle_rate": args.throttle_rate})
+    if scenario == "crossinstance":
+        spec["cross_members"] = args.cross_members
     return spec
 
 
@@ -137,7 +139,8 @@ def run_timeout(args: argparse.Namespace, scenario: str) -> float:
         return 120.0 + int(args.max_steps) * per_step
     if scenario == "storm":  # connect, restart (up to 60 s), the storm, closing
         return 240.0 + int(args.clients) / 20 + float(args.storm_give_up)
-    once: float = args.warmup + args.duration + 2 * args.drain
+    once: float = (args.warmup + args.duration + 2 * args.drain) * \
+        (2 if scenario == "crossinstance" and args.cross_members == "separate" else 1)
     return 120.0 + once
 
 

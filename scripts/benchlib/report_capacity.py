@@ -144,5 +144,13 @@ cost is then A's local fan-out time plus the Redis hop, not the hop alone. Where
 instances and the generator run is in the header; both placements share a core with something."""
 
 
+CROSS_SEPARATE_NOTE = """Two runs one after the other: every member on instance A (the
+publisher's), then every member on instance B; latencies are send-to-receive at the generator.
+The generator reads the same number of copies per message in both, so B - A is what crossing
+instances adds (Redis hop, B's decoding), not the order in which one generator process reads
+two instances' copies. Lost / duplicates count both runs; CPU figures are the second run's."""
+
+
 def render_crossinstance(runs: dict[str, Run]) -> str:
-    return table(runs, CROSS_ROWS) + "\n\n" + CROSS_NOTE
+    separate = any(r.get("cross_members") == "separate" for r in runs.values())
+    return table(runs, CROSS_ROWS) + "\n\n" + (CROSS_SEPARATE_NOTE if separate else CROSS_NOTE)
