@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES = 64 * 1024  # most bytes per socket write: about the transport's high-water mark
 FLUSH_PASS_OUTBOXES = 1024  # outboxes one flusher pass writes before it yields the loop
+# Typing and presence frames alone wait this long to share a write with whatever else comes:
+# a crowd reconnecting at once is N presence frames for each of N members, and one write per
+# frame would be N² socket writes. Nobody sees 50 ms on a "typing…" or "online" dot.
+EPHEMERAL_DELAY = 0.05
 
 
 class FrameSink(Protocol):
@@ -67,7 +71,8 @@ class FrameSink(Protocol):
 
 
 class Flusher:
-    """Writes, one loop step after fan-out, every outbox that got frames since its last pass.
+    """Writes, one loop step after fan-out, every outbox that got frames since its last pass;
+    outboxes that got only typing/presence frames, EPHEMERAL_DELAY later.
 
     One per application (one event loop). A pass writes at most FLUSH_PASS_OUTBOXES outboxes
     and leaves the rest to the next loop iteration, so other callbacks run in between.
@@ -76,6 +81,8 @@ class Flusher:
     def __init__(self) -> None:
         self._pending: list[Outbox] = []
         self._scheduled = False
+        self._later: list[Outbox] = []
+        self._later_timer: asyncio.TimerHandle | None = None
         self.passes = 0
 
     def request(self, outbox: Outbox) -> None:
@@ -83,6 +90,18 @@ class Flusher:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._run)
+
+    def request_later(self, outbox: Outbox) -> None:
+        self._later.append(outbox)
+        if self._later_timer is None:
+            self._later_timer = asyncio.get_running_loop().call_later(
+                EPHEMERAL_DELAY, self._run_later)
+
+    def _run_later(self) -> None:
+        self._later_timer = None
+        later, self._later = self._later, []
+        for outbox in later:
+            self.request(outbox)
 
     def _run(self) -> None:
         self.passes += 1
@@ -96,6 +115,9 @@ class Flusher:
             self._scheduled = False
         for outbox in pending:
             outbox.flush_requested()
+
+
+_NOT_ASKED, _ASKED_LATER, _ASKED_NOW = 0, 1, 2
 
 
 class _Entry:
@@ -129,7 +151,7 @@ class Outbox:
         self._closing = False
         self._evicted = False
         self._sink: FrameSink | None = None  # set when the writer task starts
-        self._flush_pending = False  # asked the flusher; it has not run yet
+        self._flush_pending = _NOT_ASKED  # or what was asked of the flusher, not yet done
         self._backed_up = False  # the writer task, not the flusher, writes until it drains
         self._in_drain = False
         self._writer: asyncio.Task[None] | None = None
@@ -170,7 +192,7 @@ class Outbox:
             self.shed += 1
             return False
         entry = _Entry(frame, key)
-        if not self._append(entry):
+        if not self._append(entry, urgent=False):
             return False
         self._keyed[key] = entry
         return True
@@ -198,21 +220,27 @@ class Outbox:
         self._keyed[key] = entry  # the newest unsent delta is the one later deltas join
         return True
 
-    def _append(self, entry: _Entry) -> bool:
+    def _append(self, entry: _Entry, *, urgent: bool = True) -> bool:
         size = len(entry.frame)
         if self.queued_bytes + size > self.limit_bytes:
             self._evict()
             return False
         self._frames.append(entry)
         self.queued_bytes += size
-        if not (self._flush_pending or self._backed_up or self._sink is None):
-            self._flush_pending = True
-            self._flusher.request(self)
+        if self._backed_up or self._sink is None:
+            return True  # the writer task writes (it waits for the socket, or starts soon)
+        if urgent:
+            if self._flush_pending != _ASKED_NOW:
+                self._flush_pending = _ASKED_NOW
+                self._flusher.request(self)
+        elif self._flush_pending == _NOT_ASKED:
+            self._flush_pending = _ASKED_LATER
+            self._flusher.request_later(self)
         return True
 
     def flush_requested(self) -> None:
         """The flusher's pass: write what is queued while the socket keeps up."""
-        self._flush_pending = False
+        self._flush_pending = _NOT_ASKED
         sink = self._sink
         if sink is None or self._backed_up or self._closing:
             return  # the writer task writes (it waits for the socket, or closes)

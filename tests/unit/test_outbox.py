@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from chatserver import wsframe
-from chatserver.outbox import BATCH_BYTES, Flusher, Outbox
+from chatserver.outbox import BATCH_BYTES, EPHEMERAL_DELAY, Flusher, Outbox
 
 
 def payloads(data: bytes) -> list[bytes]:
@@ -225,3 +225,25 @@ async def test_a_keeping_up_reader_gets_every_delta_as_sent() -> None:
     await asyncio.wait_for(writer, 5)
     assert [orjson.loads(f)["text"] for f in sink.frames] == ["0", "1", "2", "3", "4"]
     assert outbox.coalesced == 0
+
+
+async def test_typing_and_presence_alone_wait_to_share_a_write() -> None:
+    """Frames that are only typing/presence go out EPHEMERAL_DELAY later, all in one write;
+    a chat message queued behind them takes them along at the next loop step."""
+    outbox, sink = Outbox(100_000), RecordingSink()
+    writer = asyncio.create_task(outbox.run(sink))
+    await asyncio.sleep(0)
+    for user in range(20):
+        outbox.enqueue_ephemeral(built(b'{"presence":%d}' % user), f"p:{user}")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sink.frames == [], "presence alone must not be written at once"
+    await asyncio.sleep(EPHEMERAL_DELAY * 2)
+    assert len(sink.frames) == 20 and sink.writes == 1
+    outbox.enqueue_ephemeral(built(b'{"typing":1}'), "t:r:bob")
+    outbox.enqueue(b'{"op":"message"}')
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sink.frames[-2:] == [b'{"typing":1}', b'{"op":"message"}'] and sink.writes == 2
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
