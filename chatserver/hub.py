@@ -141,14 +141,21 @@ class Hub:
             self._resync_room(sub.room.name, [sub]))
 
     def _deliver_presence(self, event: Event) -> None:
-        seen: set[str] = set()
+        """Once per connection that shares a room with the user. A crowd reconnecting is N
+        presence events for N members each, so this loop is kept to the bare minimum."""
         frame = wsframe.text_frame(event.frame)
-        for room in event.rooms:
-            for conn_id, sub in self._rooms.get(room, {}).items():
-                if conn_id in seen or not sub.live or sub.user == event.user:
+        key, user = event.key or f"p:{event.user}", event.user
+        rooms = [subs for room in event.rooms if (subs := self._rooms.get(room))]
+        seen: set[str] | None = set() if len(rooms) > 1 else None  # only needed for several
+        for subs in rooms:
+            for conn_id, sub in subs.items():
+                if not sub.live or sub.user == user:
                     continue
-                seen.add(conn_id)
-                sub.outbox.enqueue_ephemeral(frame, event.key or f"p:{event.user}")
+                if seen is not None:
+                    if conn_id in seen:
+                        continue
+                    seen.add(conn_id)
+                sub.outbox.enqueue_ephemeral(frame, key)
 
     # -- joining and leaving -----------------------------------------------------------------
 

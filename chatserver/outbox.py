@@ -41,8 +41,8 @@ BATCH_BYTES = 64 * 1024  # most bytes per socket write: about the transport's hi
 FLUSH_PASS_OUTBOXES = 1024  # outboxes one flusher pass writes before it yields the loop
 # Typing and presence frames alone wait this long to share a write with whatever else comes:
 # a crowd reconnecting at once is N presence frames for each of N members, and one write per
-# frame would be N² socket writes. Nobody sees 50 ms on a "typing…" or "online" dot.
-EPHEMERAL_DELAY = 0.05
+# frame would be N² socket writes. Nobody sees 0.1 s on a "typing…" or "online" dot.
+EPHEMERAL_DELAY = 0.1
 
 
 class FrameSink(Protocol):
