@@ -26,7 +26,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.loop_lag = Histogram(
             "chat_event_loop_lag_seconds", "How late the event loop ran a timer.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+                     2.5),
             registry=self.registry)
 
     def bind(self, ctx: ChatContext) -> None:
