@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from chatserver import wsframe
-from chatserver.outbox import BATCH_BYTES, EPHEMERAL_DELAY, Flusher, Outbox
+from chatserver.outbox import BATCH_BYTES, DELTA_DELAY, EPHEMERAL_DELAY, Flusher, Outbox
 
 
 def payloads(data: bytes) -> list[bytes]:
@@ -245,5 +245,21 @@ async def test_typing_and_presence_alone_wait_to_share_a_write() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert sink.frames[-2:] == [b'{"typing":1}', b'{"op":"message"}'] and sink.writes == 2
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+
+
+async def test_stream_deltas_share_a_write_within_delta_delay() -> None:
+    """Deltas arriving within DELTA_DELAY leave in one write, each still its own frame."""
+    outbox, sink = Outbox(100_000), RecordingSink()
+    writer = asyncio.create_task(outbox.run(sink))
+    await asyncio.sleep(0)
+    for i in range(3):
+        outbox.enqueue_delta(_delta(str(i)), "d:s1")
+    await asyncio.sleep(0)
+    assert sink.frames == []
+    await asyncio.sleep(DELTA_DELAY * 4)
+    assert [orjson.loads(f)["text"] for f in sink.frames] == ["0", "1", "2"]
+    assert sink.writes == 1 and outbox.coalesced == 0
     outbox.close(1000)
     await asyncio.wait_for(writer, 5)
