@@ -20,7 +20,12 @@
 - `stats`        percentiles and small numeric helpers
 - `report`, `report_capacity`, `report_resilience`, `outcome`  tables, ratios and the
   issues' targets
+- `plots`        `--plot`: PNG charts of the runs (matplotlib, Agg)
+- `pyspy`        `--profile`: py-spy over the measured window, and its summary
 - `naive_server` the "what people write first" reference server for `--baseline`
 - `socketio_server` python-socketio AsyncServer + AsyncRedisManager for `--peer socketio`
-- `firehose_server` a near-free server used to calibrate the generator itself
+- `websockets_server` the websockets library's server, `broadcast()` fan-out, for
+  `--peer websockets`
+- `firehose_server` the calibration server (one pre-built frame written per member, nothing
+  else): `--calibrate`, and `--target firehose` to calibrate the generator itself
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import backends as backends_mod
-from . import outcome, placement, plan, report, servers, sysload
+from . import outcome, placement, plan, plots, pyspy, report, servers, sysload
 from .backends import Backends
 from .orchestrate import run_one
 from .plan import Section
@@ -59,7 +59,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--token", default="bench", help="bearer token for --server-cmd")
     p.add_argument("--baseline", action="store_true",
                    help="also run the same load against the naive reference server")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also run the same load against the calibration server (one pre-built "
+                        "frame written per member, nothing else: the physical limit), and print "
+                        "chatserver's p99 and server CPU per delivery relative to it")
     p.add_argument("--json", metavar="OUT", help="write machine-readable results here")
+    p.add_argument("--plot", metavar="DIR",
+                   help="write PNG charts here: capacity = latency p50/p99 against offered "
+                        "deliveries/s, one line per target; fanout = p50/p99 bars per target")
+    p.add_argument("--profile", metavar="DIR",
+                   help="fanout: sample chatserver's server process with py-spy during the "
+                        "measured window; raw stacks and a summary of the top functions by "
+                        "own and inclusive time go here (the summary is printed too)")
     p.add_argument("--gc-stats", action="store_true",
                    help="time every cyclic-GC collection in the servers under test (a "
                         "sitecustomize on their PYTHONPATH; their code is untouched)")
@@ -95,10 +106,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "B; separate = a run with every member on A, then one with every member "
                         "on B, so the generator's reading is the same in both (use with "
                         "--cross-pin same)")
-    g.add_argument("--peer", choices=["socketio"],
-                   help="also run the same load against python-socketio's AsyncServer "
-                        "(AsyncRedisManager with postgres-redis); with fanout, the capacity of "
-                        "both is measured as well")
+    g.add_argument("--peer", choices=["socketio", "websockets"],
+                   help="also run the same load against a peer: socketio = python-socketio's "
+                        "AsyncServer (AsyncRedisManager with postgres-redis); websockets = the "
+                        "websockets library's server fanning out with broadcast(), in-process "
+                        "only. With fanout, the capacity of every target is measured as well")
     g.add_argument("--no-peer-capacity", action="store_true",
                    help="with --peer and fanout: skip the capacity runs")
 
@@ -185,28 +197,37 @@ def main(argv: list[str]) -> int:
 
 def finish(args: argparse.Namespace, info: dict[str, Any], sections: list[Section],
            runs: dict[str, dict[str, Any]]) -> int:
-    """Print the tables and ratios, write the JSON; exit status 1 if any run failed."""
+    """Print the tables, ratios and profiles, write the JSON and the charts; exit status 1 if
+    any run failed."""
     section_docs = []
     first_ratios = None
     for section in sections:
         section_runs = {c.label: runs[c.label] for c in section.configs if c.label in runs}
         ok = {k: v for k, v in section_runs.items() if "error" not in v}
-        figures = outcome.section_ratios(section.compare, ok, len(section.configs))
+        by_base = outcome.section_ratios(section, ok)
+        figures = next(iter(by_base.values()), None)
         if first_ratios is None:
             first_ratios = figures
         if ok:
-            print("\n" + outcome.render(section, ok, figures, args))
+            print("\n" + outcome.render(section, ok, by_base, args))
         section_docs.append({"scenario": section.scenario, "compare": section.compare,
-                             "labels": [c.label for c in section.configs], "ratios": figures})
+                             "labels": [c.label for c in section.configs], "ratios": figures,
+                             "ratios_by_base": by_base})
+    for label, run in runs.items():
+        if "profile" in run:
+            print("\n" + pyspy.render(label, run["profile"]))
     for label, run in runs.items():
         if "error" in run:
             first_line = run["error"].splitlines()[0] if run["error"] else ""
             print(f"\n{label}: FAILED: {first_line}")
+    doc = {"command": report.command_line(), "machine": info, "scenario": args.scenario,
+           "params": plan.scenario_spec(args, args.scenario), "runs": runs,
+           "ratios": first_ratios, "sections": section_docs}
     if args.json:
-        doc = {"command": report.command_line(), "machine": info, "scenario": args.scenario,
-               "params": plan.scenario_spec(args, args.scenario), "runs": runs,
-               "ratios": first_ratios, "sections": section_docs}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.plot:
+        for path in plots.write_all(doc, Path(args.plot)):
+            print(f"chart: {path}")
     return 0 if all("error" not in r for r in runs.values()) else 1
 
 

@@ -1,12 +1,21 @@
-"""A near-free server for calibrating the load generator: `--target firehose`.
+"""The calibration server: the physical-limit reference of `--calibrate` (`--target firehose`).
 
     python -m benchlib.firehose_server --port 8080
 
-Raw asyncio Protocols under uvloop, no store, no rendering, each message encoded once and
-written to every member's transport. It speaks the benchmark's subset of the protocol (hello,
-join/joined, send/ack/message, ping/pong) so that at 1000 clients x 100 msg/s the generator,
-not the server, is the busier process: this is how the generator's own cost is measured.
-Not a reference for anything else; no auth, unbounded buffers.
+What a fan-out server cannot avoid, and nothing more: per message it parses the `send`, writes
+the ack, encodes the `message` frame once (WebSocket header and payload) and writes that one
+pre-built frame to every member's transport (`transport.write(frame)`, one call per member).
+Raw asyncio Protocols under uvloop; no store, no rendering, no queues, no per-member encoding,
+no auth, unbounded buffers. Its frames have chatserver's fields (`html` is the text in <p>),
+so the bytes per delivery match.
+
+Two uses. As `--calibrate`, a run next to chatserver in the same invocation: chatserver's
+latency and server CPU per delivery divided by this server's say how close chatserver comes to
+the cost of a write (issue 5's targets). As `--target firehose` alone, the generator's own
+cost: at 1000 clients x 100 msg/s the generator, not this server, is the busier process.
+
+It speaks the benchmark's subset of the protocol: hello, join/joined, send/ack/message,
+ping/pong.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import servers, sysload, targets
+from . import pyspy, servers, sysload, targets
 from .backends import Backends
 from .cpubudget import CpuBudgets, server_workers
 from .placement import Placement
@@ -49,6 +49,7 @@ class RunConfig:
     processes: int = 1  # chatserver [server] processes
     placement: Placement = field(default_factory=Placement)
     gc_stats: bool = False  # time the server's GC collections (servers.gc_probe_env)
+    profile_dir: str | None = None  # py-spy the server over the measured window (pyspy.py)
 
     @property
     def instances(self) -> int:
@@ -97,6 +98,9 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
                  for i, argv in enumerate(argvs)]
         budgets = CpuBudgets(cfg.placement.cpu_budget, tmp.name) \
             if cfg.placement.cpu_budget else None
+        profiler = pyspy.Sampler(Path(cfg.profile_dir), f"{cfg.scenario}-{cfg.label}", cfg.label,
+                                procs[0].pid, cfg.placement.generator_cpu,
+                                subprocesses=cfg.processes > 1) if cfg.profile_dir else None
         try:
             for proc, port in zip(procs, ports, strict=True):
                 await servers.wait_healthy(proc, port, cfg.startup_timeout)
@@ -113,9 +117,11 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
                         "port": ports[0], "ports": ports, "token": prep.token,
                         "protocol": prep.protocol}
                 result, marks = await _generate(cfg.label, spec, tmp, trees, cfg.run_timeout,
-                                                procs[0], cfg.placement)
+                                                procs[0], cfg.placement, profiler)
             finally:
                 sampler.cancel()
+            if profiler is not None:  # before the server stops: py-spy is still writing
+                result["profile"] = await asyncio.to_thread(profiler.finish)
             for tree in trees.all():
                 tree.sample()
             if budgets is not None:
@@ -123,6 +129,7 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
                                         "processes": len(budgets.groups),
                                         "throttled_s": round(budgets.throttled_s(), 2)}
         finally:
+            pyspy.kill(profiler)
             exit_statuses = [await asyncio.to_thread(p.stop) for p in procs]
             if budgets is not None:
                 budgets.close()
@@ -141,9 +148,12 @@ async def run_one(cfg: RunConfig, backends: Backends | None) -> dict[str, Any]:
 
 
 async def _generate(label: str, spec: dict[str, Any], tmp: Path, trees: Trees, timeout: float,
-                    server: servers.ManagedProcess, where: Placement
+                    server: servers.ManagedProcess, where: Placement,
+                    profiler: pyspy.Sampler | None = None
                     ) -> tuple[dict[str, Any], dict[str, Mark]]:
-    """Run the generator child; returns its result and the Mark taken at each phase event."""
+    """Run the generator child; returns its result and the Mark taken at each phase event.
+
+    `profiler` starts at the measured window's start and stops at its end (send_end)."""
     spec_path, out_path = tmp / "spec.json", tmp / "result.json"
     spec_path.write_text(json.dumps(spec))
     argv = servers.pinned(where.generator_cpu, [sys.executable, "-m", "benchlib.generator",
@@ -157,7 +167,7 @@ async def _generate(label: str, spec: dict[str, Any], tmp: Path, trees: Trees, t
     servers.register(proc.pid)
     marks: dict[str, Mark] = {}
     try:
-        await asyncio.wait_for(_read_events(label, proc, trees, marks), timeout)
+        await asyncio.wait_for(_read_events(label, proc, trees, marks, profiler), timeout)
         await asyncio.wait_for(proc.wait(), 10)
     finally:
         servers.kill_group(proc.pid)  # no-op when it exited; ensures it is gone on error
@@ -177,7 +187,7 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 async def _read_events(label: str, proc: asyncio.subprocess.Process, trees: Trees,
-                       marks: dict[str, Mark]) -> None:
+                       marks: dict[str, Mark], profiler: pyspy.Sampler | None = None) -> None:
     assert proc.stdout is not None
     async for line in proc.stdout:
         try:
@@ -189,6 +199,10 @@ async def _read_events(label: str, proc: asyncio.subprocess.Process, trees: Tree
             continue
         marks[event] = Mark(trees.read(), time.monotonic_ns(), sysload.read(),
                             time.process_time())
+        if profiler is not None and event == "measure_start":
+            profiler.start()
+        elif profiler is not None and event == "send_end":
+            profiler.stop()
 
 
 def _server_figures(result: dict[str, Any], marks: dict[str, Mark],

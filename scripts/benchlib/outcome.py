@@ -1,8 +1,13 @@
-"""Each section's ratios, its table, and the issue's targets checked against the numbers.
+"""Each section's ratios, its table, and the issues' targets checked against the numbers.
 
-Targets (same machine, one invocation):
-- peer: chatserver >= 5x socketio's sustainable deliveries/s, and p99 <= 1/10 of socketio's
-  at 1,000 members x 20 msgs/s;
+A section compares its first run (chatserver) with each of the others in turn: the ratios are
+chatserver / other, one set per other run. Targets (same machine, one invocation):
+- peer socketio (issue 3): chatserver >= 5x socketio's sustainable deliveries/s, and p99 <= 1/10
+  of socketio's at 1,000 members x 20 msgs/s;
+- calibration (issue 5): p99 <= 2x the calibration server's at 1,000 members x 100 msgs/s, and
+  server CPU per delivery <= 1.2x its own at 1,000 x 50 msgs/s, below saturation;
+- peer websockets (issue 5): server CPU per delivery <= 2/3 of the `broadcast()` server's at
+  1,000 x 50 msgs/s, below saturation;
 - processes: the largest process count >= 1.6x the smallest's sustainable deliveries/s;
 - crossinstance: cross-instance p50 - same-instance p50 < 2 ms;
 - stream and storm (issue 4): in `report_resilience`.
@@ -23,23 +28,34 @@ PEER_THROUGHPUT_TARGET = 5.0
 PEER_P99_TARGET = 0.1
 PROCESSES_TARGET = 1.6
 CROSS_P50_TARGET_MS = 2.0
+CALIBRATION_P99_TARGET = 2.0
+CALIBRATION_CPU_TARGET = 1.2
+WEBSOCKETS_CPU_TARGET = 2 / 3
+# server CPU % of its core at which a run counts as saturated: its CPU per delivery is then
+# not the "below saturation" figure issue 5's CPU targets ask for
+SATURATED_PCT = 90.0
 
 Ratios = dict[str, float | None]
+Pair = tuple[str, str, str, str]  # main label, base label, base role, base server kind
 
 
-def _pair(compare: str, ok: dict[str, Run]) -> tuple[str, str] | None:
-    """(main, base) labels for a section's ratio: main / base.
+def pairs(section: Section, ok: dict[str, Run]) -> list[Pair]:
+    """(main, base, role, kind) for each ratio the section reports: main / base.
 
     processes: the most processes, measured spread over the cores (not the one-core run),
-    against the first (fewest) processes.
+    against the first (fewest) processes, once every planned run succeeded. Comparisons:
+    chatserver against each other run that succeeded.
     """
     labels = list(ok)
-    if len(labels) < 2 or not compare:
-        return None
-    if compare == "processes":
+    if section.compare == "processes":
+        if len(labels) < 2 or len(ok) != len(section.configs):
+            return []
         spread = [k for k in labels[1:] if ok[k].get("cpu_share") != "one-core"]
-        return (spread or labels[1:])[-1], labels[0]
-    return labels[0], labels[1]
+        return [((spread or labels[1:])[-1], labels[0], "processes", "chatserver")]
+    main = section.configs[0].label
+    if main not in ok:
+        return []
+    return [(main, label, role, kind) for label, role, kind in section.bases() if label in ok]
 
 
 def _one_core(ok: dict[str, Run]) -> str | None:
@@ -61,36 +77,38 @@ def capacity_ratios(main: Run, base: Run) -> Ratios:
     }
 
 
-def section_ratios(compare: str, ok: dict[str, Run], planned: int) -> Ratios | None:
-    """None unless every planned run of the section succeeded and there is something to
-    compare."""
-    pair = _pair(compare, ok)
-    if pair is None or len(ok) != planned:
-        if len(ok) == 1 and next(iter(ok.values()))["scenario"] == "crossinstance":
-            run = next(iter(ok.values()))
-            return {"cross_minus_same_p50_ms": difference(run, "p50"),
-                    "cross_minus_same_p99_ms": difference(run, "p99")}
-        return None
-    main, base = ok[pair[0]], ok[pair[1]]
-    if main["scenario"] != "capacity":
-        return report.ratios(main, base)
-    figures = capacity_ratios(main, base)
-    one_core = _one_core(ok)
-    if compare == "processes" and one_core is not None and one_core != pair[0]:
-        same_core = capacity_ratios(ok[one_core], base)
-        figures["one_core_deliveries_per_s"] = same_core["sustainable_deliveries_per_s"]
-        figures["one_core_cpu_per_delivery"] = same_core["cpu_per_delivery"]
-    return figures
+def section_ratios(section: Section, ok: dict[str, Run]) -> dict[str, Ratios]:
+    """The ratios of every pair, keyed by the base's label (empty: nothing to compare).
+
+    A single crossinstance run reports its B - A differences, keyed by its own label."""
+    if len(ok) == 1 and next(iter(ok.values()))["scenario"] == "crossinstance":
+        label, run = next(iter(ok.items()))
+        return {label: {"cross_minus_same_p50_ms": difference(run, "p50"),
+                        "cross_minus_same_p99_ms": difference(run, "p99")}}
+    out: dict[str, Ratios] = {}
+    for main_label, base_label, role, _ in pairs(section, ok):
+        main, base = ok[main_label], ok[base_label]
+        if main["scenario"] != "capacity":
+            out[base_label] = report.ratios(main, base)
+            continue
+        figures = capacity_ratios(main, base)
+        one_core = _one_core(ok)
+        if role == "processes" and one_core is not None and one_core != main_label:
+            same_core = capacity_ratios(ok[one_core], base)
+            figures["one_core_deliveries_per_s"] = same_core["sustainable_deliveries_per_s"]
+            figures["one_core_cpu_per_delivery"] = same_core["cpu_per_delivery"]
+        out[base_label] = figures
+    return out
 
 
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def _unmeasurable(section: Section, ok: dict[str, Run], pair: tuple[str, str] | None,
+def _unmeasurable(section: Section, ok: dict[str, Run], pair: Pair,
                   args: argparse.Namespace) -> list[str]:
     """Say so when a capacity ratio has no denominator: the base passed no step at all."""
-    if section.scenario != "capacity" or pair is None:
+    if section.scenario != "capacity":
         return []
     base = ok[pair[1]]
     if base["sustainable_deliveries_per_s"]:
@@ -102,61 +120,106 @@ def _unmeasurable(section: Section, ok: dict[str, Run], pair: tuple[str, str] | 
             "A looser --p99-bound measures both."]
 
 
-def targets(section: Section, ok: dict[str, Run], figures: Ratios | None,
-            args: argparse.Namespace) -> list[str]:
-    """The issue's targets that this section measures, with the measured figure."""
-    if not figures:
+def _saturation(ok: dict[str, Run], labels: tuple[str, ...]) -> str:
+    """A caveat for a below-saturation target when a run's server was at its core's limit."""
+    busy = [f"{k} {ok[k]['server_cpu_pct_measured']:.0f} %" for k in labels
+            if ok[k].get("server_cpu_pct_measured", 0.0) >= SATURATED_PCT]
+    if not busy:
+        return ""
+    return (f" (server CPU of its core: {', '.join(busy)}; at or above {SATURATED_PCT:g} % "
+            "a server is saturated, so this is not the below-saturation figure the target "
+            "means: lower --rate)")
+
+
+def _cpu_target(ok: dict[str, Run], pair: Pair, r: float | None, bound: float,
+                bound_text: str, load: str) -> list[str]:
+    if r is None:
         return []
-    pair = _pair(section.compare, ok)
+    return [f"Target: server CPU per delivery of {pair[0]} <= {bound_text} x {pair[1]}'s "
+            f"(the issue: at 1,000 members x 50 msgs/s, below saturation; here {load}): "
+            f"{r:.3f}, {_verdict(r <= bound)}" + _saturation(ok, pair[:2])]
+
+
+def pair_targets(section: Section, ok: dict[str, Run], pair: Pair, figures: Ratios,
+                 args: argparse.Namespace) -> list[str]:
+    """The issues' targets that one pair of a section measures, with the measured figure."""
+    main, base, role, kind = pair
     out = _unmeasurable(section, ok, pair, args)
-    if section.scenario == "crossinstance":
-        d = figures.get("cross_minus_same_p50_ms")
-        if d is not None:
-            out.append(f"Target: cross-instance delivery adds < {CROSS_P50_TARGET_MS:g} ms at p50 "
-                       f"over same-instance: +{d:.2f} ms, {_verdict(d < CROSS_P50_TARGET_MS)}")
-    elif pair and section.compare == "processes" and section.scenario == "capacity":
+    load = f"{args.clients:,} members x {args.rate:g} msgs/s"
+    if role == "processes" and section.scenario == "capacity":
         r = figures.get("sustainable_deliveries_per_s")
         if r is not None:
-            out.append(f"Target: {pair[0]} >= {PROCESSES_TARGET:g}x the sustainable "
-                       f"deliveries/s of {pair[1]} at p99 <= {args.p99_bound:g} ms: "
+            out.append(f"Target: {main} >= {PROCESSES_TARGET:g}x the sustainable "
+                       f"deliveries/s of {base} at p99 <= {args.p99_bound:g} ms: "
                        f"{r:.2f}x, {_verdict(r >= PROCESSES_TARGET)}")
         same = figures.get("one_core_deliveries_per_s")
         if same is not None:
             out.append(f"Per-core efficiency (not the target): confined to CPU 0 like "
-                       f"{pair[1]}, the processes deliver {same:.2f}x of it; above 1.0 means "
+                       f"{base}, the processes deliver {same:.2f}x of it; above 1.0 means "
                        "splitting the members across processes costs no CPU, so the spread "
                        "ratio is limited by the shared second core, not by chatserver.")
-    elif pair and section.compare == "peer" and section.scenario == "capacity":
+    elif kind == "socketio" and section.scenario == "capacity":
         r = figures.get("sustainable_deliveries_per_s")
         if r is not None:
-            out.append(f"Target: {pair[0]} >= {PEER_THROUGHPUT_TARGET:g}x the sustainable "
-                       f"deliveries/s of {pair[1]}: {r:.2f}x, "
+            out.append(f"Target: {main} >= {PEER_THROUGHPUT_TARGET:g}x the sustainable "
+                       f"deliveries/s of {base}: {r:.2f}x, "
                        f"{_verdict(r >= PEER_THROUGHPUT_TARGET)}")
-    elif pair and section.compare == "peer" and section.scenario == "fanout":
+    elif kind == "socketio" and section.scenario == "fanout":
         r = figures.get("p99")
-        load = f"{args.clients:,} members x {args.rate:g} msgs/s"
         if r is not None:
-            out.append(f"Target: p99 of {pair[0]} <= {PEER_P99_TARGET:g} x p99 of {pair[1]} "
+            out.append(f"Target: p99 of {main} <= {PEER_P99_TARGET:g} x p99 of {base} "
                        f"(the issue: at 1,000 members x 20 msgs/s; here {load}): {r:.3f}, "
                        f"{_verdict(r <= PEER_P99_TARGET)}")
+    elif kind == "websockets" and section.scenario == "fanout":
+        out += _cpu_target(ok, pair, figures.get("cpu_per_delivery"), WEBSOCKETS_CPU_TARGET,
+                           "2/3", load)
+    elif role == "calibration" and section.scenario == "fanout":
+        r = figures.get("p99")
+        if r is not None:
+            out.append(f"Target: p99 of {main} <= {CALIBRATION_P99_TARGET:g} x p99 of {base} "
+                       f"(the issue: at 1,000 members x 100 msgs/s; here {load}): {r:.3f}, "
+                       f"{_verdict(r <= CALIBRATION_P99_TARGET)}")
+        out += _cpu_target(ok, pair, figures.get("cpu_per_delivery"), CALIBRATION_CPU_TARGET,
+                           f"{CALIBRATION_CPU_TARGET:g}", load)
     return out
 
 
-def render(section: Section, ok: dict[str, Run], figures: Ratios | None,
+def targets(section: Section, ok: dict[str, Run], figures: dict[str, Ratios],
+            args: argparse.Namespace) -> list[str]:
+    """The issues' targets that this section measures, with the measured figures."""
+    if section.scenario == "crossinstance":
+        d = next(iter(figures.values()), {}).get("cross_minus_same_p50_ms")
+        if d is None:
+            return []
+        return [f"Target: cross-instance delivery adds < {CROSS_P50_TARGET_MS:g} ms at p50 "
+                f"over same-instance: +{d:.2f} ms, {_verdict(d < CROSS_P50_TARGET_MS)}"]
+    out = []
+    for pair in pairs(section, ok):
+        if pair[1] in figures:
+            out += pair_targets(section, ok, pair, figures[pair[1]], args)
+    return out
+
+
+def ratio_block(section: Section, ok: dict[str, Run], figures: dict[str, Ratios]) -> str:
+    """The ratio lines of every pair: "- p99 latency: chatserver / calibration = 1.234"."""
+    return "\n".join(report.ratio_lines(main, base, figures[base])
+                     for main, base, _, _ in pairs(section, ok) if base in figures)
+
+
+def render(section: Section, ok: dict[str, Run], figures: dict[str, Ratios],
            args: argparse.Namespace) -> str:
+    ratios_text = ratio_block(section, ok, figures)
     if section.scenario == "capacity":
         body = render_capacity(ok)
-        pair = _pair(section.compare, ok)
-        if figures and pair:
-            body += "\n\n" + report.ratio_lines(pair[0], pair[1], figures)
+        if ratios_text:
+            body += "\n\n" + ratios_text
         body += "\n".join(["", *report.warnings(ok)])
     elif section.scenario == "crossinstance":
         body = "\n".join([render_crossinstance(ok), *report.warnings(ok)])
     elif section.scenario in ("stream", "storm"):
         body = render_resilience(ok)  # with its targets (issue 4)
     else:
-        body = report.render_basic(ok, figures, section.compare)
+        body = report.render_basic(ok, ratios_text)
     lines = targets(section, ok, figures, args)
     title = f"## {section.scenario}" + (f" ({section.compare})" if section.compare else "")
     return "\n".join([title, "", body, *(["", *lines] if lines else [])])
-

@@ -4,7 +4,10 @@ Runs are grouped in sections; each section is one table in the report, and its `
 how its runs relate (what the ratios under the table mean):
 
 - "baseline": chatserver vs the naive server (`--baseline`)
-- "peer": chatserver vs python-socketio (`--peer socketio`)
+- "peer": chatserver vs python-socketio or the websockets library (`--peer socketio|websockets`)
+- "calibration": chatserver vs the calibration server (`--calibrate`)
+- several of those joined by "+" (e.g. "peer+calibration"): chatserver, the first run, against
+  each of the others in turn; `Section.bases()` names each one's role
 - "processes": chatserver with different process counts (`--compare-processes`)
 - "": a single run (crossinstance reports its own A/B difference)
 """
@@ -12,6 +15,7 @@ how its runs relate (what the ratios under the table mean):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +38,25 @@ DEFAULT_DRAIN = {"stream": 60.0}
 STREAM_DELTA_BYTES = 5  # "1f3 ": hex digits of the delta's index and a space
 
 
+# What a run other than the first is, in a section of comparisons, by its server kind.
+ROLE_OF_KIND = {"naive": "baseline", "socketio": "peer", "websockets": "peer",
+                "firehose": "calibration"}
+COMPARED_SCENARIOS = ("fanout", "capacity")  # what the peers and the calibration server speak
+PLOTTED_SCENARIOS = ("fanout", "capacity", "crossinstance")
+
+
 @dataclass(frozen=True)
 class Section:
     scenario: str
     configs: list[RunConfig]
     compare: str
+
+    def bases(self) -> list[tuple[str, str, str]]:
+        """(label, role, server kind) of each run the first one is compared with: role
+        "baseline", "peer" or "calibration"; empty for sections of processes or one run."""
+        if not self.compare or self.compare == "processes":
+            return []
+        return [(c.label, ROLE_OF_KIND.get(c.kind, ""), c.kind) for c in self.configs[1:]]
 
 
 def process_counts(args: argparse.Namespace) -> list[int]:
@@ -93,17 +111,24 @@ def check(args: argparse.Namespace) -> str | None:
         return "--processes and --compare-processes apply to chatserver only"
     if args.compare_processes and args.scenario not in ("capacity", "fanout"):
         return "--compare-processes works with --scenario capacity (or fanout)"
-    if args.compare_processes and (args.peer or args.baseline):
-        return "--compare-processes runs chatserver only: drop --peer/--baseline"
+    if args.compare_processes and (args.peer or args.baseline or args.calibrate):
+        return "--compare-processes runs chatserver only: drop --peer/--baseline/--calibrate"
     if args.scenario == "crossinstance":
         if args.backend != "postgres-redis":
             return "crossinstance needs --backend postgres-redis (two instances, one store, Redis)"
-        if max(counts) > 1 or args.peer or args.baseline or args.target != "chatserver":
+        if max(counts) > 1 or args.peer or args.baseline or args.calibrate \
+                or args.target != "chatserver":
             return "crossinstance runs two single-process chatserver instances, nothing else"
-    if args.peer and args.baseline:
-        return "use --baseline or --peer, one at a time"
-    if args.peer and args.scenario == "ping":
-        return "the socketio peer speaks only the fanout subset (fanout, capacity)"
+    if (args.peer or args.calibrate) and args.scenario not in COMPARED_SCENARIOS:
+        return "the peers and the calibration server speak only the fanout subset (--scenario " \
+               "fanout or capacity)"
+    if args.calibrate and args.target == "firehose":
+        return "--target firehose is the calibration server itself: drop --calibrate"
+    if args.profile and args.scenario != "fanout":
+        return "--profile samples the server during a fanout run's measured window " \
+               "(--scenario fanout)"
+    if args.plot and args.scenario not in PLOTTED_SCENARIOS:
+        return f"--plot draws {', '.join(PLOTTED_SCENARIOS)} runs"
     if args.start_rate <= 0 or args.max_rate < args.start_rate:
         return "--start-rate must be positive and at most --max-rate"
     return None
@@ -181,28 +206,55 @@ def _main_configs(args: argparse.Namespace, scenario: str, suffix: str) -> list[
     return configs
 
 
-def sections(args: argparse.Namespace) -> list[Section]:
-    main = _main_configs(args, args.scenario, "")
-    if args.compare_processes:
-        return [Section(args.scenario, main, "processes")]
+def _comparisons(args: argparse.Namespace, scenario: str, suffix: str) -> list[RunConfig]:
+    """The runs chatserver is compared with, in the order of the table's columns."""
+    out = []
     if args.baseline:
-        main.append(_config(args, args.scenario, "baseline", "naive"))
-        out = [Section(args.scenario, main, "baseline")]
-    elif args.peer:
-        main.append(_config(args, args.scenario, args.peer, args.peer))
-        out = [Section(args.scenario, main, "peer")]
-    else:
-        return [Section(args.scenario, main, "")]
-    if args.peer and args.scenario == "fanout" and not args.no_peer_capacity:
-        # the issue compares sustainable deliveries/s too: measure both in the same invocation
-        cap = _main_configs(args, "capacity", " capacity")
-        cap.append(_config(args, "capacity", f"{args.peer} capacity", args.peer))
-        out.append(Section("capacity", cap, "peer"))
+        out.append(_config(args, scenario, "baseline" + suffix, "naive"))
+    if args.peer:
+        out.append(_config(args, scenario, args.peer + suffix, args.peer))
+    if args.calibrate:
+        out.append(_config(args, scenario, "calibration" + suffix, "firehose"))
     return out
 
 
+def _compare(args: argparse.Namespace) -> str:
+    flags = (("baseline", args.baseline), ("peer", args.peer), ("calibration", args.calibrate))
+    return "+".join(name for name, on in flags if on)
+
+
+def _profiled(args: argparse.Namespace, configs: list[RunConfig]) -> list[RunConfig]:
+    """With --profile, the fanout runs of chatserver (not its comparisons) sample py-spy."""
+    if not args.profile:
+        return configs
+    return [dataclasses.replace(c, profile_dir=args.profile) for c in configs]
+
+
+def sections(args: argparse.Namespace) -> list[Section]:
+    main = _profiled(args, _main_configs(args, args.scenario, ""))
+    if args.compare_processes:
+        return [Section(args.scenario, main, "processes")]
+    others = _comparisons(args, args.scenario, "")
+    if not others:
+        return [Section(args.scenario, main, "")]
+    out = [Section(args.scenario, main + others, _compare(args))]
+    if args.peer and args.scenario == "fanout" and not args.no_peer_capacity:
+        # the issue compares sustainable deliveries/s too: measure them in the same invocation
+        cap = _main_configs(args, "capacity", " capacity") + \
+            _comparisons(args, "capacity", " capacity")
+        out.append(Section("capacity", cap, _compare(args)))
+    return out
+
+
+PEER_NOTES = {"socketio": ("socketio: in-process AsyncManager",
+                           "socketio: AsyncRedisManager on the same Redis"),
+              "websockets": ("websockets: in-process broadcast()",
+                             "websockets: in-process broadcast(), no Redis")}
+
+
 def backend_note(args: argparse.Namespace, backends: Backends | None) -> str:
+    peer = PEER_NOTES.get(args.peer or "")
     if backends is None:
-        return "SQLite store file and in-process broker (socketio: in-process AsyncManager)"
-    return (f"PostgreSQL + Redis (throwaway, {backends.placement()}); "
-            "socketio: AsyncRedisManager on the same Redis")
+        return "SQLite store file and in-process broker" + (f" ({peer[0]})" if peer else "")
+    return f"PostgreSQL + Redis (throwaway, {backends.placement()})" + \
+        (f"; {peer[1]}" if peer else "")

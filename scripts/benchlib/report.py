@@ -31,7 +31,8 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "kernel": platform.release(),
         "packages": {name: _version(name) for name in
-                     ("aiohttp", "uvloop", "chatserver", "asyncpg", "redis", "python-socketio")},
+                     ("aiohttp", "uvloop", "chatserver", "asyncpg", "redis", "python-socketio",
+                      "websockets")},
         "git_commit": _git_commit(),
     }
 
@@ -218,16 +219,13 @@ def warnings(runs: dict[str, Run]) -> list[str]:
     return out
 
 
-def render_basic(runs: dict[str, Run], ratio_figures: dict[str, float | None] | None,
-                 compare: str) -> str:
-    """fanout and ping tables, with ratios of the first run to the second."""
+def render_basic(runs: dict[str, Run], ratios_text: str = "") -> str:
+    """fanout and ping tables, with the section's ratio lines under them."""
     first = next(iter(runs.values()))
     rows = PING_ROWS if first["scenario"] == "ping" else FANOUT_ROWS
     out = [table(runs, rows)]
-    labels = list(runs)
-    if ratio_figures is not None and len(labels) >= 2:
-        main, base = (labels[-1], labels[0]) if compare == "processes" else labels[:2]
-        out.append("\n" + ratio_lines(main, base, ratio_figures))
+    if ratios_text:
+        out.append("\n" + ratios_text)
     for label, run in runs.items():
         if run["scenario"] == "ping":
             p99 = run["ping_rtt_ms"]["p99"]

@@ -5,8 +5,11 @@
   one config file per instance (they differ only in the port), users and rooms made once.
 - `socketio`: the python-socketio peer (`socketio_server.py`), with AsyncRedisManager when
   there is a Redis; speaks socket.io, not chatserver's protocol.
+- `websockets`: the `websockets` library's peer (`websockets_server.py`): `broadcast()` fan-out,
+  in-process only; speaks chatserver's protocol subset, so the generator's chatserver dialect.
 - `naive`: the baseline reference server (`naive_server.py`); accepts any token.
-- `firehose`: a near-free server to calibrate the generator (`firehose_server.py`).
+- `firehose`: the calibration server (`firehose_server.py`): one pre-built frame written per
+  member, nothing else; the physical-limit reference of `--calibrate` and `--target firehose`.
 - `custom`: `--server-cmd` with `{port}` and `{tmp}` placeholders; `--token` is used as is.
 
 Scenarios that need more than the common chatserver setup name a variant in the kind
@@ -187,6 +190,12 @@ def prepare_socketio(ports: list[int], redis_url: str) -> Prepared:
                                 "no message store"], protocol="socketio")
 
 
+def prepare_websockets(ports: list[int]) -> Prepared:
+    argvs = [python_module("benchlib.websockets_server", "--port", str(port)) for port in ports]
+    return Prepared(argvs, "bench", ["websockets asyncio server (uvloop), broadcast() to the "
+                                     "room's connections, in-process only, no message store"])
+
+
 def prepare_naive(tmp: Path, port: int) -> Prepared:
     argv = python_module("benchlib.naive_server", "--port", str(port), "--db",
                          str(tmp / "naive.db"), "--user", f"{PINGER_USER}:{PINGER_PASSWORD}")
@@ -206,7 +215,7 @@ def prepare_custom(template: str, tmp: Path, port: int, token: str) -> Prepared:
 def prepare(kind: str, tmp: Path, ports: list[int], *, label: str, room: str,
             with_pinger: bool, server_cmd: str | None, token: str, processes: int,
             backends: Backends | None) -> Prepared:
-    """Prepare one run; several `ports` mean several instances (chatserver and socketio)."""
+    """Prepare one run; several `ports` mean several instances (chatserver and the peers)."""
     redis_url = backends.redis_url if backends else ""
     kind, _, variant = kind.partition(":")
     if kind == "chatserver":
@@ -217,6 +226,10 @@ def prepare(kind: str, tmp: Path, ports: list[int], *, label: str, room: str,
         if processes != 1:
             raise ValueError("the socketio peer runs as one process per instance")
         return prepare_socketio(ports, redis_url)
+    if kind == "websockets":
+        if processes != 1:
+            raise ValueError("the websockets peer runs as one process per instance")
+        return prepare_websockets(ports)
     if len(ports) != 1 or processes != 1:
         raise ValueError(f"target {kind!r} runs as one process")
     if kind == "naive":

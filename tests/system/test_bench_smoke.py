@@ -1,7 +1,8 @@
 """Smoke tests of the benchmark harness: tiny runs of every scenario and target, end to end.
 
-Each run is small (20 members, a few seconds) so the file stays well under 90 s; the numbers are
-not checked, only that the harness produces complete, loss-free results. The postgres-redis runs
+Each run is small (20 members, a few seconds) so each test stays under a minute; the numbers
+are not checked, only that the harness produces complete, loss-free results (and its charts
+and profiles). The postgres-redis runs
 need the throwaway-server helpers (tests/services) and Debian's binaries; without them they skip.
 """
 
@@ -120,6 +121,125 @@ def test_socketio_peer_fanout_and_capacity(tmp_path: Path) -> None:
     assert doc["sections"][1]["ratios"]["sustainable_deliveries_per_s"] is not None
     assert "Target: chatserver capacity >= 5x" in stdout
     assert "Target: p99 of chatserver <= 0.1 x p99 of socketio" in stdout
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > 5_000, (path, len(data))  # a chart, not an empty canvas
+
+
+@pytest.mark.timeout(60)
+def test_websockets_peer_fanout_and_capacity_with_charts(tmp_path: Path) -> None:
+    """--peer websockets: the websockets library's broadcast() server speaks chatserver's
+    protocol subset and loses nothing; --plot draws the fanout bars and the capacity lines."""
+    charts = tmp_path / "charts"
+    stdout, doc = bench(tmp_path, "--scenario", "fanout", *TINY, "--peer", "websockets",
+                        *TINY_CAPACITY, "--plot", str(charts), timeout=55)
+    assert set(doc["runs"]) == {"chatserver", "websockets", "chatserver capacity",
+                                "websockets capacity"}
+    for label in ("chatserver", "websockets"):
+        assert_fanout_clean(label, doc["runs"][label])
+    instances = doc["runs"]["websockets"]["members_per_instance"]  # from its hello frames
+    assert len(instances) == 1 and next(iter(instances)).startswith("websockets-")
+    for label in ("chatserver capacity", "websockets capacity"):
+        assert_capacity_clean(label, doc["runs"][label])
+    assert [s["compare"] for s in doc["sections"]] == ["peer", "peer"]
+    assert "- server CPU per delivery: chatserver / websockets = " in stdout
+    assert "Target: server CPU per delivery of chatserver <= 2/3 x websockets's" in stdout
+    pngs = {p.name for p in charts.glob("*.png")}
+    assert pngs == {"fanout-chatserver-websockets.png", "capacity-chatserver-websockets.png"}
+    for name in pngs:
+        assert_png(charts / name)
+        assert f"chart: {charts / name}" in stdout
+
+
+@pytest.mark.timeout(60)
+def test_calibrate_adds_the_calibration_server_and_its_ratios(tmp_path: Path) -> None:
+    """--calibrate runs the calibration server (one pre-built frame per member) next to
+    chatserver and prints chatserver's p99 and server CPU per delivery relative to it."""
+    stdout, doc = bench(tmp_path, "--scenario", "fanout", *TINY, "--calibrate", timeout=55)
+    assert set(doc["runs"]) == {"chatserver", "calibration"}
+    for label, run in doc["runs"].items():
+        assert_fanout_clean(label, run)
+    assert "benchlib.firehose_server" in " ".join(doc["runs"]["calibration"]["server_argv"])
+    assert doc["sections"][0]["compare"] == "calibration"
+    assert {"p99", "cpu_per_delivery"} <= doc["ratios"].keys()
+    assert "- p99 latency: chatserver / calibration = " in stdout
+    assert "- server CPU per delivery: chatserver / calibration = " in stdout
+    assert "Target: p99 of chatserver <= 2 x p99 of calibration" in stdout
+    assert "Target: server CPU per delivery of chatserver <= 1.2 x calibration's" in stdout
+
+
+def pyspy_cannot_attach() -> str | None:
+    """Why py-spy cannot sample a process here (no binary, no ptrace permission), or None."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        found = shutil.which("py-spy")
+        if found is None:
+            return "py-spy is not installed (it comes with the bench extra)"
+        exe = Path(found)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        done = subprocess.run([str(exe), "dump", "--pid", str(child.pid)], check=False,
+                              capture_output=True, text=True, timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+    if done.returncode != 0:
+        return (f"py-spy dump of a child failed (exit {done.returncode}; ptrace needs root or "
+                f"CAP_SYS_PTRACE): {(done.stderr or done.stdout).strip()[-300:]}")
+    return None
+
+
+@pytest.mark.timeout(60)
+def test_profile_summarizes_chatserver_functions(tmp_path: Path) -> None:
+    """--profile samples chatserver's server process with py-spy over the measured window and
+    writes (and prints) its top functions by own and inclusive time."""
+    why = pyspy_cannot_attach()
+    if why:
+        pytest.skip(why)
+    prof = tmp_path / "prof"
+    stdout, doc = bench(tmp_path, "--scenario", "fanout", *TINY, "--profile", str(prof),
+                        timeout=55)
+    profile = doc["runs"]["chatserver"]["profile"]
+    assert "error" not in profile, profile
+    assert profile["samples"] > 0 and profile["main_thread_samples"] > 0
+    summary = (prof / "fanout-chatserver.profile.txt").read_text()
+    assert summary == profile["summary"]
+    assert "top 20 functions by own time" in summary
+    assert "top 20 functions by inclusive time" in summary
+    assert "(chatserver/" in summary  # a chatserver function, e.g. "on_send (chatserver/...)"
+    assert (prof / "fanout-chatserver.pyspy-raw.txt").stat().st_size > 0
+    assert "## profile of chatserver" in stdout
+
+
+def test_profile_summary_folds_collapsed_stacks() -> None:
+    """py-spy's raw lines fold into own time (innermost frame) and inclusive time (anywhere on
+    the stack, once per sample), per thread and for all threads."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from benchlib import pyspy
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    raw = ["thread (1): MainThread;run (a.py:1);fanout (hub.py:5);write (outbox.py:9) 6",
+           "thread (1): MainThread;run (a.py:1);fanout (hub.py:5) 3",
+           "thread (1): MainThread;run (a.py:1);f (r.py:2);f (r.py:2) 1",
+           "thread (2): sqlite-writer;commit (db.py:3) 10",
+           "not a sample line"]
+    profs = pyspy.collapse(raw)
+    main = profs.threads["MainThread"]
+    assert main.samples == 10 and profs.total.samples == 20
+    assert main.own == {"write (outbox.py:9)": 6, "fanout (hub.py:5)": 3, "f (r.py:2)": 1}
+    assert main.inclusive["fanout (hub.py:5)"] == 9 and main.inclusive["f (r.py:2)"] == 1
+    assert main.inclusive["run (a.py:1)"] == 10
+    text = pyspy.summarize(profs, label="x", pid=1, window_s=1.0)
+    assert "MainThread 10 (10.0 %)" in text and "sqlite-writer 10 (10.0 %)" in text
+    assert "  60.0   0.06   60.0  write (outbox.py:9)" in text
+    assert "not listed: 1 frames from run (a.py:1)" in text
 
 
 @pytest.mark.timeout(75)
