@@ -27,6 +27,7 @@ from chatserver.metrics import Metrics, metrics_handler
 from chatserver.overload import OverloadGuard
 from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
+from chatserver.stallwatch import StallWatch
 from chatserver.store.base import Store
 from chatserver.streams import Streams
 
@@ -145,7 +146,9 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
     ctx = ChatContext(
         config=config, instance_id=instance_id, store=store, broker=broker,
         executors=executors, hub=hub, rooms=Rooms(store), messages=messages, streams=streams,
-        metrics=metrics, lag=LoopLagMonitor(observe=on_lag_sample), overload=overload,
+        metrics=metrics, overload=overload,
+        lag=LoopLagMonitor(observe=on_lag_sample,
+                           stall_watch=StallWatch(config.log.slow_callback_ms / 1000)),
         send_limiter=KeyedLimiter(limits.rate.per_second, limits.rate.burst),
         login_user_limiter=KeyedLimiter(limits.login.user_per_minute / 60,
                                         limits.login.user_burst),

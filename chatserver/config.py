@@ -82,6 +82,7 @@ class PoolsConfig:
 class LogConfig:
     level: str = "info"
     format: str = "text"
+    slow_callback_ms: int = 100  # log what held the event loop this long; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,10 @@ _STORE_BACKENDS = ("sqlite", "postgres")
 _BROKER_BACKENDS = ("memory", "redis")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
+# A watchdog thread that polls cannot time a stall much finer than 10 ms; past a minute the
+# supervisor has long since killed the worker.
+SLOW_CALLBACK_MIN_MS = 10
+SLOW_CALLBACK_MAX_MS = 60_000
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _TOML_POSITION = re.compile(r"\s*\((at line \d+, column \d+|at end of document)\)\s*$")
@@ -361,6 +366,13 @@ def _check_values(config: Config, source: str) -> None:
         fail("[log] level", f"must be {_one_of(_LOG_LEVELS)}, got {json.dumps(log.level)}")
     if log.format not in _LOG_FORMATS:
         fail("[log] format", f"must be {_one_of(_LOG_FORMATS)}, got {json.dumps(log.format)}")
+    if log.slow_callback_ms != 0 and not (
+            SLOW_CALLBACK_MIN_MS <= log.slow_callback_ms <= SLOW_CALLBACK_MAX_MS):
+        fail(
+            "[log] slow_callback_ms",
+            f"must be 0 (off) or {SLOW_CALLBACK_MIN_MS}..{SLOW_CALLBACK_MAX_MS} milliseconds, "
+            f"got {log.slow_callback_ms}",
+        )
 
 
 def _one_of(choices: tuple[str, ...]) -> str:

@@ -1,9 +1,9 @@
 """SIGHUP: re-read the configuration file and apply what can change while running.
 
 `[limits]` and `[log]` apply at once (rate limits, caps, queue bounds for connections opened
-from now on, replay and stream limits, log level and format); any other section that changed
-is reported as needing a restart and left as it was. A file that does not validate changes
-nothing: the error is logged and the running configuration stays.
+from now on, replay and stream limits, log level and format, the slow-callback threshold); any
+other section that changed is reported as needing a restart and left as it was. A file that
+does not validate changes nothing: the error is logged and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -55,3 +55,4 @@ def apply(ctx: ChatContext, config: Config) -> None:
     ctx.streams.idle_seconds = limits.stream_idle
     ctx.streams.max_bytes = limits.max_message_bytes
     logsetup.configure(config.log)
+    ctx.lag.stall_watch.set_threshold(config.log.slow_callback_ms / 1000)
