@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +23,9 @@ bound (capacity), the cost of crossing instances through Redis (crossinstance), 
 stream into a room with slow readers (stream: 500 deltas/s, 200 readers, 10 throttled to
 20 KB/s), and a reconnect storm after a restart (storm: 2,000 clients, each its own user,
 back within 1 s, resumed with `join after`). The server runs pinned to CPU 0, the load
-generator (and PostgreSQL and Redis) pinned to CPU 1."""
+generator (and PostgreSQL and Redis) pinned to CPU 1. In fanout and capacity, --baseline,
+--peer and --calibrate add runs of other servers under the same load, in one table with
+chatserver's ratio to each; --plot draws them, --profile shows where chatserver's time goes."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,11 +55,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "stream 60, for the throttled readers)")
     p.add_argument("--room", default="bench")
     p.add_argument("--target", choices=["chatserver", "naive", "firehose"], default="chatserver",
-                   help="server under test (firehose: a near-free server to calibrate the "
-                        "generator)")
+                   help="server under test (firehose: the calibration server alone, to "
+                        "calibrate the generator; --calibrate runs it next to chatserver)")
     p.add_argument("--server-cmd", help="custom server command; {port} and {tmp} are "
                                         "substituted; must serve /healthz and /ws")
     p.add_argument("--token", default="bench", help="bearer token for --server-cmd")
+    p.add_argument("--chatserver-src", metavar="DIR",
+                   help="run chatserver (server and admin CLI) from this source tree instead "
+                        "of the installed one, e.g. a `git worktree add DIR <older commit>`: "
+                        "figures and --profile of the code before a change, with this harness")
     p.add_argument("--baseline", action="store_true",
                    help="also run the same load against the naive reference server")
     p.add_argument("--calibrate", action="store_true",
@@ -172,11 +179,30 @@ def start_backends(args: argparse.Namespace) -> Backends | None:
     return backends_mod.start(placement.SERVICES_CPU)
 
 
+def use_chatserver_src(src: str) -> None:
+    """Put `src` first on the module path of the harness (which reads chatserver's config
+    classes) and of every child (the server, its admin CLI)."""
+    path = str(Path(src).resolve())
+    if not (Path(path) / "chatserver" / "__init__.py").exists():
+        raise SystemExit(f"--chatserver-src {src}: no chatserver/ package there")
+    if "chatserver" in sys.modules:
+        raise RuntimeError("chatserver was imported before --chatserver-src took effect")
+    sys.path.insert(0, path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [path,
+                                                             os.environ.get("PYTHONPATH")]))
+    # `python -m` puts the working directory first on the path, and when that is this
+    # checkout its chatserver/ would win: PYTHONSAFEPATH (3.11+) leaves it out
+    os.environ["PYTHONSAFEPATH"] = "1"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     servers.install_cleanup()
     servers.raise_fd_limit()
     info = report.machine_info()
+    if args.chatserver_src:
+        use_chatserver_src(args.chatserver_src)
+        info["chatserver_src"] = report.source_info(args.chatserver_src)
     info["busy_before_pct"] = round(sysload.idle_check(1.0), 1)
     sections = plan.sections(args)
     backends: Backends | None = None

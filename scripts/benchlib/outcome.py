@@ -8,6 +8,8 @@ chatserver / other, one set per other run. Targets (same machine, one invocation
   server CPU per delivery <= 1.2x its own at 1,000 x 50 msgs/s, below saturation;
 - peer websockets (issue 5): server CPU per delivery <= 2/3 of the `broadcast()` server's at
   1,000 x 50 msgs/s, below saturation;
+  a fanout run checks them at its own load (the line says which); a capacity run at its steps
+  of 100 and 50 msgs/s, when both runs have them (`--start-rate 12.5`);
 - processes: the largest process count >= 1.6x the smallest's sustainable deliveries/s;
 - crossinstance: cross-instance p50 - same-instance p50 < 2 ms;
 - stream and storm (issue 4): in `report_resilience`.
@@ -31,6 +33,8 @@ CROSS_P50_TARGET_MS = 2.0
 CALIBRATION_P99_TARGET = 2.0
 CALIBRATION_CPU_TARGET = 1.2
 WEBSOCKETS_CPU_TARGET = 2 / 3
+ISSUE5_P99_RATE = 100.0  # msgs/s into 1,000 members: the p99 target's load
+ISSUE5_CPU_RATE = 50.0  # ... and the CPU targets' load
 # server CPU % of its core at which a run counts as saturated: its CPU per delivery is then
 # not the "below saturation" figure issue 5's CPU targets ask for
 SATURATED_PCT = 90.0
@@ -120,24 +124,59 @@ def _unmeasurable(section: Section, ok: dict[str, Run], pair: Pair,
             "A looser --p99-bound measures both."]
 
 
-def _saturation(ok: dict[str, Run], labels: tuple[str, ...]) -> str:
-    """A caveat for a below-saturation target when a run's server was at its core's limit."""
-    busy = [f"{k} {ok[k]['server_cpu_pct_measured']:.0f} %" for k in labels
-            if ok[k].get("server_cpu_pct_measured", 0.0) >= SATURATED_PCT]
+def _saturation(figs: dict[str, Run]) -> str:
+    """A caveat for a below-saturation target when a server was at its core's limit."""
+    busy = [f"{k} {f['server_cpu_pct_measured']:.0f} %" for k, f in figs.items()
+            if f.get("server_cpu_pct_measured", 0.0) >= SATURATED_PCT]
     if not busy:
         return ""
     return (f" (server CPU of its core: {', '.join(busy)}; at or above {SATURATED_PCT:g} % "
             "a server is saturated, so this is not the below-saturation figure the target "
-            "means: lower --rate)")
+            "means: lower the rate)")
 
 
-def _cpu_target(ok: dict[str, Run], pair: Pair, r: float | None, bound: float,
-                bound_text: str, load: str) -> list[str]:
+def _p99_target(pair: Pair, a: Run, b: Run, where: str) -> list[str]:
+    """Issue 5: chatserver's p99 within 2x the calibration server's. `a`, `b`: the two runs'
+    figures (a fanout run, or a capacity step)."""
+    r = ratio(a["latency_ms"]["p99"], b["latency_ms"]["p99"])
     if r is None:
         return []
-    return [f"Target: server CPU per delivery of {pair[0]} <= {bound_text} x {pair[1]}'s "
-            f"(the issue: at 1,000 members x 50 msgs/s, below saturation; here {load}): "
-            f"{r:.3f}, {_verdict(r <= bound)}" + _saturation(ok, pair[:2])]
+    return [f"Target: p99 of {pair[0]} <= {CALIBRATION_P99_TARGET:g} x p99 of {pair[1]} "
+            f"(the issue: at 1,000 members x {ISSUE5_P99_RATE:g} msgs/s; {where}): {r:.3f}, "
+            f"{_verdict(r <= CALIBRATION_P99_TARGET)}"]
+
+
+def _cpu_target(pair: Pair, a: Run, b: Run, where: str) -> list[str]:
+    """Issue 5: server CPU per delivery at most 1.2x the calibration server's, at most 2/3 of
+    the websockets peer's; below saturation."""
+    bound, text = (CALIBRATION_CPU_TARGET, f"{CALIBRATION_CPU_TARGET:g}") \
+        if pair[2] == "calibration" else (WEBSOCKETS_CPU_TARGET, "2/3")
+    r = ratio(a.get("server_cpu_per_delivery_us"), b.get("server_cpu_per_delivery_us"))
+    if r is None:
+        return []
+    return [f"Target: server CPU per delivery of {pair[0]} <= {text} x {pair[1]}'s "
+            f"(the issue: at 1,000 members x {ISSUE5_CPU_RATE:g} msgs/s, below saturation; "
+            f"{where}): {r:.3f}, {_verdict(r <= bound)}" + _saturation({pair[0]: a, pair[1]: b})]
+
+
+def _step_at(run: Run, rate: float) -> Run | None:
+    return next((s for s in run["steps"] if abs(s["rate"] - rate) < 1e-9), None)
+
+
+def _issue5_capacity(ok: dict[str, Run], pair: Pair) -> list[str]:
+    """Issue 5's targets from a capacity run: the steps at 100 (p99) and 50 msgs/s (CPU)."""
+    wanted = [(ISSUE5_P99_RATE, _p99_target)] if pair[2] == "calibration" else []
+    wanted.append((ISSUE5_CPU_RATE, _cpu_target))
+    out = []
+    for rate, target in wanted:
+        a, b = _step_at(ok[pair[0]], rate), _step_at(ok[pair[1]], rate)
+        if a is None or b is None:
+            out.append(f"Not measured here: issue 5's target against {pair[1]} at {rate:g} "
+                       f"msgs/s needs a step at that rate in both runs (--start-rate 12.5 "
+                       "doubles through 50 and 100)")
+            continue
+        out += target(pair, a, b, f"here the {rate:g} msgs/s step x {a['members']:,} members")
+    return out
 
 
 def pair_targets(section: Section, ok: dict[str, Run], pair: Pair, figures: Ratios,
@@ -145,7 +184,8 @@ def pair_targets(section: Section, ok: dict[str, Run], pair: Pair, figures: Rati
     """The issues' targets that one pair of a section measures, with the measured figure."""
     main, base, role, kind = pair
     out = _unmeasurable(section, ok, pair, args)
-    load = f"{args.clients:,} members x {args.rate:g} msgs/s"
+    here = f"here {args.clients:,} members x {args.rate:g} msgs/s"
+    issue5 = role == "calibration" or kind == "websockets"
     if role == "processes" and section.scenario == "capacity":
         r = figures.get("sustainable_deliveries_per_s")
         if r is not None:
@@ -168,19 +208,14 @@ def pair_targets(section: Section, ok: dict[str, Run], pair: Pair, figures: Rati
         r = figures.get("p99")
         if r is not None:
             out.append(f"Target: p99 of {main} <= {PEER_P99_TARGET:g} x p99 of {base} "
-                       f"(the issue: at 1,000 members x 20 msgs/s; here {load}): {r:.3f}, "
+                       f"(the issue: at 1,000 members x 20 msgs/s; {here}): {r:.3f}, "
                        f"{_verdict(r <= PEER_P99_TARGET)}")
-    elif kind == "websockets" and section.scenario == "fanout":
-        out += _cpu_target(ok, pair, figures.get("cpu_per_delivery"), WEBSOCKETS_CPU_TARGET,
-                           "2/3", load)
-    elif role == "calibration" and section.scenario == "fanout":
-        r = figures.get("p99")
-        if r is not None:
-            out.append(f"Target: p99 of {main} <= {CALIBRATION_P99_TARGET:g} x p99 of {base} "
-                       f"(the issue: at 1,000 members x 100 msgs/s; here {load}): {r:.3f}, "
-                       f"{_verdict(r <= CALIBRATION_P99_TARGET)}")
-        out += _cpu_target(ok, pair, figures.get("cpu_per_delivery"), CALIBRATION_CPU_TARGET,
-                           f"{CALIBRATION_CPU_TARGET:g}", load)
+    elif issue5 and section.scenario == "capacity":
+        out += _issue5_capacity(ok, pair)
+    elif issue5 and section.scenario == "fanout":
+        if role == "calibration":
+            out += _p99_target(pair, ok[main], ok[base], here)
+        out += _cpu_target(pair, ok[main], ok[base], here)
     return out
 
 

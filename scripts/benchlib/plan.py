@@ -95,7 +95,14 @@ def _check_issue4(args: argparse.Namespace) -> str | None:
 
 def check(args: argparse.Namespace) -> str | None:
     """The first problem with a combination of options, or None."""
+    if args.profile and args.scenario != "fanout":
+        return "--profile samples the server during a fanout run's measured window " \
+               "(--scenario fanout)"
+    if args.plot and args.scenario not in PLOTTED_SCENARIOS:
+        return f"--plot draws {', '.join(PLOTTED_SCENARIOS)} runs"
     if args.scenario in CHATSERVER_ONLY:
+        if args.calibrate:
+            return f"--scenario {args.scenario} runs against chatserver only (no --calibrate)"
         return _check_issue4(args)
     try:
         counts = process_counts(args)
@@ -124,11 +131,6 @@ def check(args: argparse.Namespace) -> str | None:
                "fanout or capacity)"
     if args.calibrate and args.target == "firehose":
         return "--target firehose is the calibration server itself: drop --calibrate"
-    if args.profile and args.scenario != "fanout":
-        return "--profile samples the server during a fanout run's measured window " \
-               "(--scenario fanout)"
-    if args.plot and args.scenario not in PLOTTED_SCENARIOS:
-        return f"--plot draws {', '.join(PLOTTED_SCENARIOS)} runs"
     if args.start_rate <= 0 or args.max_rate < args.start_rate:
         return "--start-rate must be positive and at most --max-rate"
     return None

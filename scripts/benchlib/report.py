@@ -34,6 +34,7 @@ def machine_info() -> dict[str, Any]:
                      ("aiohttp", "uvloop", "chatserver", "asyncpg", "redis", "python-socketio",
                       "websockets")},
         "git_commit": _git_commit(),
+        "server_code_changed": _uncommitted(),
     }
 
 
@@ -44,14 +45,28 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    try:  # read-only query; None in a repository without commits
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False,
-                             capture_output=True,
-                             text=True, timeout=5)
+def _git(*args: str, cwd: str | None = None) -> str | None:
+    try:  # read-only queries; None outside a repository or without commits
+        out = subprocess.run(["git", *args], check=False, capture_output=True, text=True,
+                             timeout=5, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit(cwd: str | None = None) -> str | None:
+    return _git("rev-parse", "--short", "HEAD", cwd=cwd)
+
+
+def _uncommitted(cwd: str | None = None) -> bool:
+    """Whether the server's code (chatserver/, workers/) differs from the commit reported."""
+    status = _git("status", "--porcelain", "--", "chatserver", "workers", cwd=cwd)
+    return bool(status)
+
+
+def source_info(src: str) -> dict[str, Any]:
+    """--chatserver-src: where the chatserver under test comes from, and its commit."""
+    return {"path": src, "git_commit": _git_commit(src), "server_code_changed": _uncommitted(src)}
 
 
 def command_line() -> str:
@@ -61,10 +76,16 @@ def command_line() -> str:
 def header(info: dict[str, Any], sections: Sequence[Any] = ()) -> str:
     """Command, machine, and where every process of every run is placed."""
     pkgs = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    changed = " (chatserver/ or workers/ has uncommitted changes)" \
+        if info.get("server_code_changed") else ""
     lines = [f"$ {command_line()}",
              f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Linux {info['kernel']}, "
-             f"Python {info['python']}, {pkgs}, commit {info['git_commit'] or 'none'}",
-             "load generator pinned to CPU 1; server on CPU 0 unless said otherwise below"]
+             f"Python {info['python']}, {pkgs}, commit {info['git_commit'] or 'none'}{changed}"]
+    src = info.get("chatserver_src")
+    if src:
+        lines.append(f"chatserver from {src['path']}: commit {src['git_commit'] or 'none'}"
+                     + (" (with uncommitted changes)" if src["server_code_changed"] else ""))
+    lines.append("load generator pinned to CPU 1; server on CPU 0 unless said otherwise below")
     for section in sections:
         for cfg in section.configs:
             lines.append(f"{cfg.label} ({cfg.scenario}): {cfg.placement.note}")

@@ -174,6 +174,26 @@ def test_calibrate_adds_the_calibration_server_and_its_ratios(tmp_path: Path) ->
     assert "Target: server CPU per delivery of chatserver <= 1.2 x calibration's" in stdout
 
 
+@pytest.mark.timeout(60)
+def test_chatserver_src_runs_chatserver_from_another_tree(tmp_path: Path) -> None:
+    """--chatserver-src DIR runs the server and its admin CLI from DIR (an older commit's
+    tree), not from the installed checkout; the header names it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "archive", "HEAD", "chatserver", "workers"], cwd=ROOT,
+                             check=True, capture_output=True, timeout=30).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True, timeout=30)
+    marker = tmp_path / "ran-from-src"
+    with open(src / "chatserver" / "cli.py", "a") as f:  # the admin CLI and the server
+        f.write(f"\nimport pathlib as _p\n_p.Path({str(marker)!r}).write_text('yes')\n")
+    stdout, doc = bench(tmp_path, "--scenario", "fanout", *TINY, "--chatserver-src", str(src),
+                        timeout=55)
+    assert_fanout_clean("chatserver", doc["runs"]["chatserver"])
+    assert marker.read_text() == "yes"
+    assert f"chatserver from {src}: commit " in stdout
+    assert doc["machine"]["chatserver_src"]["path"] == str(src)
+
+
 def pyspy_cannot_attach() -> str | None:
     """Why py-spy cannot sample a process here (no binary, no ptrace permission), or None."""
     exe = Path(sys.executable).parent / "py-spy"
@@ -217,14 +237,45 @@ def test_profile_summarizes_chatserver_functions(tmp_path: Path) -> None:
     assert "## profile of chatserver" in stdout
 
 
+def _benchlib(name: str) -> Any:
+    """A benchlib module imported as part of its package (it uses relative imports)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        return importlib.import_module(f"benchlib.{name}")
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+
+def test_issue5_targets_from_capacity_steps() -> None:
+    """A capacity run checks issue 5's targets at its 100 msgs/s step (p99 vs calibration) and
+    its 50 msgs/s step (CPU per delivery), and says when a run has no step at that rate."""
+    outcome = _benchlib("outcome")
+
+    def step(rate: float, p99: float, cpu_us: float, cpu_pct: float) -> dict[str, Any]:
+        return {"rate": rate, "members": 1000, "latency_ms": {"p99": p99},
+                "server_cpu_per_delivery_us": cpu_us, "server_cpu_pct_measured": cpu_pct}
+
+    ok = {"chatserver": {"steps": [step(50, 20, 3.0, 40), step(100, 40, 2.5, 60)]},
+          "calibration": {"steps": [step(50, 10, 2.6, 30), step(100, 25, 2.4, 50)]},
+          "websockets": {"steps": [step(50, 300, 6.0, 95)]}}
+    calib = outcome._issue5_capacity(ok, ("chatserver", "calibration", "calibration",
+                                          "firehose"))
+    assert calib[0].startswith("Target: p99 of chatserver <= 2 x p99 of calibration")
+    assert "100 msgs/s step x 1,000 members): 1.600, met" in calib[0]
+    assert "50 msgs/s step x 1,000 members): 1.154, met" in calib[1]
+    peer = outcome._issue5_capacity(ok, ("chatserver", "websockets", "peer", "websockets"))
+    assert len(peer) == 1 and "<= 2/3 x websockets's" in peer[0] and "0.500, met" in peer[0]
+    assert "websockets 95 %" in peer[0]  # saturated: not the figure the target means
+    ok["calibration"]["steps"] = ok["calibration"]["steps"][:1]
+    missing = outcome._issue5_capacity(ok, ("chatserver", "calibration", "calibration",
+                                            "firehose"))
+    assert missing[0].startswith("Not measured here") and "100 msgs/s" in missing[0]
+
+
 def test_profile_summary_folds_collapsed_stacks() -> None:
     """py-spy's raw lines fold into own time (innermost frame) and inclusive time (anywhere on
     the stack, once per sample), per thread and for all threads."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from benchlib import pyspy
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    pyspy = _benchlib("pyspy")
     raw = ["thread (1): MainThread;run (a.py:1);fanout (hub.py:5);write (outbox.py:9) 6",
            "thread (1): MainThread;run (a.py:1);fanout (hub.py:5) 3",
            "thread (1): MainThread;run (a.py:1);f (r.py:2);f (r.py:2) 1",
