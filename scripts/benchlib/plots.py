@@ -2,8 +2,8 @@
 
     python -m benchlib.plots RESULT.json DIR     # the same charts again from a --json file
 
-One chart per section of the invocation, named after its scenario and targets
-(`capacity-chatserver-websockets.png`):
+One chart per section of the invocation, named after its scenario, load and targets
+(`capacity-1000-chatserver-websockets.png`, `fanout-1000x100-chatserver-calibration.png`):
 
 - capacity: latency p50 (dashed) and p99 (solid) against offered deliveries/s, one colour per
   target, every step the rate search ran (sorted by load; a failed step is an open marker),
@@ -31,8 +31,13 @@ def _name(label: str) -> str:
     return label[: -len(CAPACITY_SUFFIX)] if label.endswith(CAPACITY_SUFFIX) else label
 
 
-def file_name(scenario: str, labels: list[str]) -> str:
-    parts = [scenario, *(_name(lb) for lb in labels)]
+def file_name(scenario: str, labels: list[str], runs: list[Doc]) -> str:
+    """`<scenario>-<load>-<targets>.png`: load = members (capacity) or members x msgs/s, so
+    runs of one scenario at two loads do not overwrite each other's chart."""
+    first = runs[0]
+    load = f"{first.get('clients', 0)}" if scenario == "capacity" else \
+        f"{first.get('clients', 0)}x{first.get('rate', 0):g}"
+    parts = [scenario, load, *(_name(lb) for lb in labels)]
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-") + ".png"
 
 
@@ -131,7 +136,7 @@ def write_all(doc: Doc, out_dir: Path) -> list[Path]:
             _capacity(fig, doc, labels)
         else:
             _fanout(fig, doc, labels)
-        path = out_dir / file_name(scenario, labels)
+        path = out_dir / file_name(scenario, labels, [doc["runs"][lb] for lb in labels])
         fig.savefig(path, format="png")
         written.append(path)
     return written

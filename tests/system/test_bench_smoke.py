@@ -151,7 +151,8 @@ def test_websockets_peer_fanout_and_capacity_with_charts(tmp_path: Path) -> None
     assert "- server CPU per delivery: chatserver / websockets = " in stdout
     assert "Target: server CPU per delivery of chatserver <= 2/3 x websockets's" in stdout
     pngs = {p.name for p in charts.glob("*.png")}
-    assert pngs == {"fanout-chatserver-websockets.png", "capacity-chatserver-websockets.png"}
+    assert pngs == {"fanout-20x20-chatserver-websockets.png",
+                    "capacity-20-chatserver-websockets.png"}
     for name in pngs:
         assert_png(charts / name)
         assert f"chart: {charts / name}" in stdout
