@@ -108,6 +108,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     writer = asyncio.get_running_loop().create_task(outbox.run(WebSocketSink(ws, request)))
     ctx.connections.add(session)
     outbox.enqueue(_hello(ctx, session))
+    ctx.metrics.frames_out["hello"] += 1
     started = time.monotonic()
     try:
         await _announce(ctx, session, online=True)
@@ -151,6 +152,7 @@ async def _read_loop(ctx: ChatContext, session: Session, ws: web.WebSocketRespon
         if msg.type is WSMsgType.TEXT:
             await handlers.handle_frame(ctx, session, msg.data)
         elif msg.type is WSMsgType.BINARY:
+            ctx.metrics.frames_in["binary"] += 1
             outbox.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported; "
                          "send JSON text frames")
             return
@@ -184,6 +186,21 @@ async def _announce(ctx: ChatContext, session: Session, *, online: bool) -> None
 async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None],
                    ws: web.WebSocketResponse, started: float) -> None:
     ctx.connections.remove(session)
+    ctx.connections.cleaning_up += 1
+    try:
+        await _release(ctx, session, writer)
+    finally:
+        ctx.connections.cleaning_up -= 1
+        outbox = session.outbox
+        code = outbox.close_code or ws.close_code
+        ctx.connections.record_close(outbox, code)
+    log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
+             "bytes_out=%d code=%s", session.user.name, session.conn_id,
+             time.monotonic() - started, session.frames_in, outbox.frames_out,
+             outbox.bytes_out, code)
+
+
+async def _release(ctx: ChatContext, session: Session, writer: asyncio.Task[None]) -> None:
     ctx.hub.leave_all(session.conn_id, list(session.rooms))
     session.rooms.clear()
     session.outbox.close(CloseCode.NORMAL)
@@ -195,8 +212,3 @@ async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None
         log.debug("writer ended with %r", exc)
     await ctx.streams.abort_connection(session.conn_id)
     await _announce(ctx, session, online=False)
-    outbox = session.outbox
-    log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
-             "bytes_out=%d code=%s", session.user.name, session.conn_id,
-             time.monotonic() - started, session.frames_in, outbox.frames_out,
-             outbox.bytes_out, outbox.close_code or ws.close_code)

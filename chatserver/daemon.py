@@ -21,6 +21,7 @@ from aiohttp import web
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
 from chatserver.config import Config
+from chatserver.metrics import WorkerSet
 from chatserver.reload import reload
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,11 @@ def _notify_socket() -> bool:
     return bool(os.environ.get("NOTIFY_SOCKET"))
 
 
-def run(config: Config, notifier: Notifier | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, reporting to `notifier` (default: systemd)."""
-    return uvloop.run(serve(config, notifier or SystemdNotifier()))
+def run(config: Config, notifier: Notifier | None = None, workers: WorkerSet | None = None
+        ) -> int:
+    """Serve until SIGTERM/SIGINT, reporting to `notifier` (default: systemd). `workers`: this
+    process is one of the supervisor's workers, and its /metrics covers them all."""
+    return uvloop.run(serve(config, notifier or SystemdNotifier(), workers))
 
 
 async def _report_alive(notifier: Notifier, app: web.Application) -> None:
@@ -121,7 +124,7 @@ async def _report_alive(notifier: Notifier, app: web.Application) -> None:
         await asyncio.sleep(interval)
 
 
-async def serve(config: Config, notifier: Notifier) -> int:
+async def serve(config: Config, notifier: Notifier, workers: WorkerSet | None = None) -> int:
     server = config.server
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -131,6 +134,14 @@ async def serve(config: Config, notifier: Notifier) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", getattr(exc, "message", None) or exc)
         return 1
+    metrics = app[CONTEXT].metrics
+    if workers is not None:
+        try:
+            await metrics.serve_workers(workers)
+        except OSError as exc:  # the scrape still answers, for this worker alone
+            log.warning("metrics of the other workers will be missing from this one's "
+                        "/metrics: cannot listen on %s: %s", workers.socket(workers.worker),
+                        exc.strerror or exc)
     # A reconnect storm (every client of a restarted instance at once) must queue in the
     # kernel, not overflow aiohttp's default backlog of 128 into 1 s, 3 s, 7 s SYN retries;
     # the kernel caps it at net.core.somaxconn.
@@ -141,6 +152,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s; set [server] port or stop the other process",
                   server.host, server.port, exc.strerror or exc)
+        await metrics.close_workers()
         await runner.cleanup()
         return 1
     log.info("listening on http://%s:%d", server.host, server.port)
@@ -156,6 +168,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
     log.info("shutting down")
     notifier.stopping()
     alive.cancel()
+    await metrics.close_workers()
     await runner.cleanup()
     log.info("stopped")
     return 0

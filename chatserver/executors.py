@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, TypeVarTuple
 
 from chatserver.config import PoolsConfig
+from chatserver.metrics import JOB_BUCKETS, Buckets
 from workers import lifeline, markdown, passwords
 
 __all__ = ["Executors", "PoolStats"]
@@ -62,6 +63,9 @@ class PoolStats:
     done: int = 0  # finished with a result
     failed: int = 0  # finished with an exception, or cancelled
     seconds: float = 0.0  # total wall time from submit to finish, queue wait included
+    # The same wall time per job, as a histogram.
+    job_seconds: Buckets = field(default_factory=lambda: Buckets(JOB_BUCKETS), compare=False,
+                                 repr=False)
 
 
 class Executors:
@@ -210,8 +214,10 @@ class _Counting:
         self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        elapsed = time.perf_counter() - self._started
         self._stats.queued -= 1
-        self._stats.seconds += time.perf_counter() - self._started
+        self._stats.seconds += elapsed
+        self._stats.job_seconds.observe(elapsed)
         if kind is None:
             self._stats.done += 1
         else:

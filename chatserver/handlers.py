@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,23 +46,31 @@ async def handle_frame(ctx: ChatContext, session: Session, data: str) -> None:
         command = protocol.parse_command(data, ctx.config.limits.max_message_bytes)
     except FrameError as bad:
         session.bad_frames += 1
-        session.outbox.enqueue(protocol.error_frame_for(bad.error, bad.ref))
+        ctx.metrics.frames_in["invalid"] += 1
+        _reply(ctx, session, "error", protocol.error_frame_for(bad.error, bad.ref))
         return
+    handler, op = _HANDLERS[type(command)]
+    ctx.metrics.frames_in[op] += 1
     stores = type(command) in _STORING_OPS
     if stores:
         session.storing += 1
     try:
-        await _HANDLERS[type(command)](ctx, session, command)
+        await handler(ctx, session, command)
     except ChatError as error:
-        session.outbox.enqueue(protocol.error_frame_for(error, command.ref))
+        _reply(ctx, session, "error", protocol.error_frame_for(error, command.ref))
     except Exception:
         log.exception("op %s failed", type(command).__name__)
-        session.outbox.enqueue(
-            protocol.error_frame_for(Internal("internal error; it has been logged"), command.ref)
-        )
+        _reply(ctx, session, "error", protocol.error_frame_for(
+            Internal("internal error; it has been logged"), command.ref))
     finally:
         if stores:
             session.storing -= 1
+
+
+def _reply(ctx: ChatContext, session: Session, op: str, payload: bytes) -> None:
+    """Queue a frame for this connection alone, counted by op for /metrics."""
+    ctx.metrics.frames_out[op] += 1
+    session.outbox.enqueue(payload)
 
 
 def check_send_rate(ctx: ChatContext, user_name: str) -> None:
@@ -100,22 +109,24 @@ async def on_join(ctx: ChatContext, session: Session, cmd: Join) -> None:
 async def on_leave(ctx: ChatContext, session: Session, cmd: Leave) -> None:
     session.rooms.pop(cmd.room, None)
     ctx.hub.leave(cmd.room, session.conn_id)
-    session.outbox.enqueue(protocol.encode({"op": "left", "ref": cmd.ref, "room": cmd.room}))
+    _reply(ctx, session, "left", protocol.encode({"op": "left", "ref": cmd.ref, "room": cmd.room}))
 
 
 async def on_send(ctx: ChatContext, session: Session, cmd: Send) -> None:
+    received = time.monotonic()  # the start of its delivery latency
     check_send_rate(ctx, session.user.name)
     room = await _room_for(ctx, session, cmd.room)
     html = await ctx.messages.render(cmd.text)
     user = session.user
     message = NewMessage(room.id, room.name, user.id, user.name, cmd.text, html)
     await _start_append(ctx, session, cmd.ref, ctx.messages.store_and_publish(
-        message, _ack_to(session, cmd.ref)))
+        message, _ack_to(ctx, session, cmd.ref), received=received))
 
 
-def _ack_to(session: Session, ref: str | None) -> Callable[[StoredMessage], None]:
+def _ack_to(ctx: ChatContext, session: Session, ref: str | None
+            ) -> Callable[[StoredMessage], None]:
     def enqueue_ack(stored: StoredMessage) -> None:
-        session.outbox.enqueue(protocol.ack_frame(ref, stored))
+        _reply(ctx, session, "ack", protocol.ack_frame(ref, stored))
     return enqueue_ack
 
 
@@ -124,26 +135,27 @@ async def _start_append(ctx: ChatContext, session: Session, ref: str | None,
     pending = session.pending_sends
     while len(pending) >= MAX_PENDING_SENDS:
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    task = asyncio.get_running_loop().create_task(_append(session, ref, append))
+    task = asyncio.get_running_loop().create_task(_append(ctx, session, ref, append))
     pending.add(task)
     task.add_done_callback(pending.discard)
 
 
-async def _append(session: Session, ref: str | None, append: Awaitable[Any]) -> None:
+async def _append(ctx: ChatContext, session: Session, ref: str | None,
+                  append: Awaitable[Any]) -> None:
     try:
         await append
     except ChatError as error:
-        session.outbox.enqueue(protocol.error_frame_for(error, ref))
+        _reply(ctx, session, "error", protocol.error_frame_for(error, ref))
     except Exception:
         log.exception("storing a message failed")
-        session.outbox.enqueue(
-            protocol.error_frame_for(Internal("the message was not stored; retry"), ref))
+        _reply(ctx, session, "error", protocol.error_frame_for(
+            Internal("the message was not stored; retry"), ref))
 
 
 async def on_history(ctx: ChatContext, session: Session, cmd: History) -> None:
     room = await _room_for(ctx, session, cmd.room)
     messages, more = await read_history(ctx, room, cmd.before, cmd.after, cmd.limit)
-    session.outbox.enqueue(protocol.encode({
+    _reply(ctx, session, "history", protocol.encode({
         "op": "history", "ref": cmd.ref, "room": room.name,
         "messages": [protocol.message_body(m) for m in messages], "more": more,
     }))
@@ -175,7 +187,8 @@ async def on_stream_start(ctx: ChatContext, session: Session, cmd: StreamStart) 
     room = await _room_for(ctx, session, cmd.room)
     stream = ctx.streams.start(room, session.user, session.conn_id,
                                asyncio.get_running_loop().time())
-    session.outbox.enqueue(protocol.encode({"op": "ack", "ref": cmd.ref, "stream": stream.id}))
+    _reply(ctx, session, "ack", protocol.encode({"op": "ack", "ref": cmd.ref,
+                                                 "stream": stream.id}))
 
 
 async def on_stream_delta(ctx: ChatContext, session: Session, cmd: StreamDelta) -> None:
@@ -184,30 +197,31 @@ async def on_stream_delta(ctx: ChatContext, session: Session, cmd: StreamDelta) 
 
 async def on_stream_end(ctx: ChatContext, session: Session, cmd: StreamEnd) -> None:
     def ack_discarded() -> None:
-        session.outbox.enqueue(protocol.encode(
+        _reply(ctx, session, "ack", protocol.encode(
             {"op": "ack", "ref": cmd.ref, "stream": cmd.stream, "discarded": True}))
 
-    await ctx.streams.end(cmd.stream, session.user, on_durable=_ack_to(session, cmd.ref),
+    await ctx.streams.end(cmd.stream, session.user, on_durable=_ack_to(ctx, session, cmd.ref),
                           on_discarded=ack_discarded)
 
 
 async def on_ping(ctx: ChatContext, session: Session, cmd: Ping) -> None:
-    session.outbox.enqueue(protocol.pong_frame(cmd.ref))
+    _reply(ctx, session, "pong", protocol.pong_frame(cmd.ref))
 
 
 # Ops that end in a stored message: shutdown lets them finish so their acks go out.
 _STORING_OPS = frozenset({Send, StreamEnd})
 
-_HANDLERS: dict[type[Any], Callable[[ChatContext, Session, Any], Awaitable[None]]] = {
-    Join: on_join,
-    Leave: on_leave,
-    Send: on_send,
-    History: on_history,
-    Typing: on_typing,
-    StreamStart: on_stream_start,
-    StreamDelta: on_stream_delta,
-    StreamEnd: on_stream_end,
-    Ping: on_ping,
+# Each command's handler, and its op (the label it is counted under at /metrics).
+_HANDLERS: dict[type[Any], tuple[Callable[[ChatContext, Session, Any], Awaitable[None]], str]] = {
+    Join: (on_join, "join"),
+    Leave: (on_leave, "leave"),
+    Send: (on_send, "send"),
+    History: (on_history, "history"),
+    Typing: (on_typing, "typing"),
+    StreamStart: (on_stream_start, "stream_start"),
+    StreamDelta: (on_stream_delta, "stream_delta"),
+    StreamEnd: (on_stream_end, "stream_end"),
+    Ping: (on_ping, "ping"),
 }
 
 __all__ = ["handle_frame", "read_history", "check_send_rate"]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,10 +72,26 @@ class Hub:
         self._subscribed: set[str] = set()
         self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._room_resyncs: set[asyncio.Task[None]] = set()
-        self.deliveries = 0
+        # Counters for /metrics, read at scrape time. Fan-out counts once per event: the
+        # per-recipient loops only count in a local variable (or `live_messages`, one
+        # increment per recipient as before).
+        self.live_messages = 0  # `message` frames fan-out queued
+        self.other_deliveries = 0  # stream, typing and presence frames fan-out queued
         self.resyncs = 0
+        self.joins = 0  # joins that went live
+        self.replayed = 0  # messages replayed to joins
+        # Frames queued, by op; live `message` fan-out is `live_messages`.
+        self.frames_out: defaultdict[str, int] = defaultdict(int)
+        # Told once per message after its fan-out (received time, from another instance);
+        # `Metrics.bind` points it at the flusher's delivery timing.
+        self.fanned_out: Callable[[float, bool], None] | None = None
         broker.set_handler(self.deliver)
         broker.set_resync(self.resync_all)
+
+    @property
+    def deliveries(self) -> int:
+        """Frames fan-out queued to connections: messages, stream events, typing, presence."""
+        return self.live_messages + self.other_deliveries
 
     def set_streams(self, provider: ActiveStreams, watcher: StreamWatcher) -> None:
         """Where a joiner going live gets the streams in progress (text so far), and who
@@ -98,8 +116,13 @@ class Hub:
             return
         frame = wsframe.text_frame(event.frame)  # once, for every recipient
         if event.kind == "message":
+            before = self.live_messages
             for sub in subs.values():
                 self._offer(sub, event.seq, frame)
+            if self.fanned_out is not None and self.live_messages != before:
+                # A message from another instance is timed from its arrival here.
+                received = event.received
+                self.fanned_out(received or time.monotonic(), not received)
             if event.key:
                 self._watch_streams(event)
             return
@@ -118,7 +141,8 @@ class Hub:
                 else:
                     outbox.enqueue_ephemeral(frame, key)
                 count += 1
-        self.deliveries += count
+        self.other_deliveries += count
+        self.frames_out[_op_of(event)] += count
 
     def _offer(self, sub: Subscription, seq: int, frame: bytes) -> None:
         if not sub.live:
@@ -130,7 +154,7 @@ class Hub:
         if seq == sub.last_seq + 1:
             sub.outbox.enqueue_frame(frame)
             sub.last_seq = seq
-            self.deliveries += 1
+            self.live_messages += 1
             return
         log.warning("room %s: seq %d after %d; re-reading the gap from the store",
                     sub.room.name, seq, sub.last_seq)
@@ -147,6 +171,7 @@ class Hub:
         key, user = event.key or f"p:{event.user}", event.user
         rooms = [subs for room in event.rooms if (subs := self._rooms.get(room))]
         seen: set[str] | None = set() if len(rooms) > 1 else None  # only needed for several
+        count = 0
         for subs in rooms:
             for conn_id, sub in subs.items():
                 if not sub.live or sub.user == user:
@@ -156,6 +181,9 @@ class Hub:
                         continue
                     seen.add(conn_id)
                 sub.outbox.enqueue_ephemeral(frame, key)
+                count += 1
+        self.other_deliveries += count
+        self.frames_out["presence"] += count
 
     # -- joining and leaving -----------------------------------------------------------------
 
@@ -237,6 +265,8 @@ class Hub:
                 await outbox.wait_below(outbox.limit_bytes // 4)
             if not outbox.enqueue(protocol.message_frame(message)):
                 return
+            self.replayed += 1
+            self.frames_out["message"] += 1
 
     def _go_live(self, sub: Subscription, result: JoinResult, ref: str | None) -> None:
         sub.last_seq = result.seq
@@ -246,8 +276,11 @@ class Hub:
         if result.truncated:
             joined["truncated"] = True
         sub.outbox.enqueue(protocol.encode(joined))
+        self.joins += 1
+        self.frames_out["joined"] += 1
         for frame in self._active_streams(sub.room.name):
             sub.outbox.enqueue(frame)
+            self.frames_out["stream_start"] += 1
 
     def leave(self, room: str, conn_id: str) -> bool:
         subs = self._rooms.get(room)
@@ -300,10 +333,13 @@ class Hub:
                 page = await self.store.messages_after(room_id, cursor, CATCH_UP_PAGE)
                 for message in page:
                     frame = wsframe.text_frame(protocol.message_frame(message))
+                    count = 0
                     for sub in subs:
                         if message.seq > sub.last_seq:
                             sub.outbox.enqueue_frame(frame)
                             sub.last_seq = message.seq
+                            count += 1
+                    self.frames_out["message"] += count
                 if page:
                     cursor = page[-1].seq
                 elif all(sub.max_seen <= cursor for sub in subs):
@@ -328,6 +364,15 @@ class Hub:
     def leave_all(self, conn_id: str, rooms: list[str]) -> None:
         for room in rooms:
             self.leave(room, conn_id)
+
+
+def _op_of(event: Event) -> str:
+    """The op of a room event's frame other than `message`, without parsing it."""
+    if event.kind != "stream":
+        return event.kind  # typing
+    if event.key:
+        return "stream_delta"
+    return "stream_start" if event.frame.startswith(b'{"op":"stream_start"') else "stream_end"
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

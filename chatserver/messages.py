@@ -7,6 +7,7 @@ across concurrent appends (the store resolves a batch's futures in seq order).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from chatserver import protocol
@@ -28,9 +29,14 @@ class MessageService:
         return await self.executors.render_markdown(text)
 
     async def store_and_publish(
-        self, message: NewMessage, on_durable: OnDurable | None = None
+        self, message: NewMessage, on_durable: OnDurable | None = None, *,
+        received: float = 0.0,
     ) -> StoredMessage:
-        """Append; once durable, call `on_durable` (e.g. enqueue the sender's ack), publish."""
+        """Append; once durable, call `on_durable` (e.g. enqueue the sender's ack), publish.
+
+        `received`: `time.monotonic()` when the server got the message (0: now), the start
+        of its delivery latency."""
+        received = received or time.monotonic()
         stored = await self.store.append_message(message)
         self.stored += 1
         if on_durable is not None:
@@ -39,7 +45,7 @@ class MessageService:
         # forget it (see Streams.observe).
         self.broker.publish(
             Event("message", stored.room, protocol.message_frame(stored), seq=stored.seq,
-                  key=f"e:{stored.stream}" if stored.stream else "")
+                  key=f"e:{stored.stream}" if stored.stream else "", received=received)
         )
         return stored
 
@@ -53,8 +59,9 @@ class MessageService:
         aborted: bool = False,
         on_durable: OnDurable | None = None,
     ) -> StoredMessage:
+        received = time.monotonic()
         html = await self.render(text)
         return await self.store_and_publish(
             NewMessage(room.id, room.name, user.id, user.name, text, html, stream, aborted),
-            on_durable,
+            on_durable, received=received,
         )

@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chatserver import wsframe
 from chatserver.errors import CloseCode
 from chatserver.protocol import join_stream_deltas
+
+if TYPE_CHECKING:
+    from chatserver.metrics import DeliveryLatency
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ class Flusher:
         self._scheduled = False
         self._waiting: dict[float, list[Outbox]] = {}  # by delay: one timer per delay
         self.passes = 0
+        # Delivery latency, timed per message and never per recipient (see `track`); set by
+        # `Metrics.bind`.
+        self.latency: DeliveryLatency | None = None
 
     def request(self, outbox: Outbox, delay: float = 0.0) -> None:
         """Write `outbox` in the next pass, or in the first pass `delay` seconds from now."""
@@ -110,10 +117,26 @@ class Flusher:
         for outbox in self._waiting.pop(delay, ()):
             self.request(outbox)
 
+    def track(self, received: float, remote: bool) -> None:
+        """A message was just fanned out (`received`: `time.monotonic()` when the server got
+        it; `remote`: from another instance, timed from the broker's hand-off): time the pass
+        that writes its first copy, and the one that has written its last.
+
+        Per message, not per recipient. Copies for sockets that are backed up leave later,
+        with their writer task, and are not timed; with no pass due, no copy of the message
+        leaves with the flusher, and it is not timed at all."""
+        latency = self.latency
+        if self._scheduled and latency is not None:
+            (latency.remote if remote else latency.local).append(received)
+
     def _run(self) -> None:
         self.passes += 1
+        latency = self.latency
+        timed = latency is not None and bool(latency.local or latency.remote)
+        started = time.monotonic() if timed else 0.0
         pending = self._pending
-        if len(pending) > FLUSH_PASS_OUTBOXES:
+        split = len(pending) > FLUSH_PASS_OUTBOXES
+        if split:
             self._pending = pending[FLUSH_PASS_OUTBOXES:]
             pending = pending[:FLUSH_PASS_OUTBOXES]
             asyncio.get_running_loop().call_soon(self._run)
@@ -122,6 +145,9 @@ class Flusher:
             self._scheduled = False
         for outbox in pending:
             outbox.flush_requested()
+        if latency is not None and (timed or latency.writing):
+            # With the queue empty (not split), every copy of those messages is out.
+            latency.written(started, None if split else time.monotonic())
 
 
 class _Entry:

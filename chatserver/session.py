@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from chatserver.metrics import CLOSE_CODE_LABELS, close_code_label
 from chatserver.outbox import Outbox
 from chatserver.store.base import Room, User
 
@@ -49,13 +50,40 @@ class Session:
         return True
 
 
+@dataclass(slots=True)
+class OutboxTotals:
+    """Sums of outbox counters: of connections already closed, or with the open ones."""
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    writes: int = 0
+    coalesced: int = 0
+    superseded: int = 0
+    shed: int = 0
+
+    def add(self, outbox: Outbox) -> None:
+        self.frames_out += outbox.frames_out
+        self.bytes_out += outbox.bytes_out
+        self.writes += outbox.writes
+        self.coalesced += outbox.coalesced
+        self.superseded += outbox.superseded
+        self.shed += outbox.shed
+
+
 class Connections:
-    """Open connections by id and by the token that authenticated them."""
+    """Open connections by id and by the token that authenticated them, and what /metrics
+    counts about connections (once per connection, never per frame)."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
         self._by_token: dict[str, set[str]] = {}
         self._per_user: dict[int, int] = {}
+        self.opened = 0
+        self.cleaning_up = 0  # removed, and still flushing, closing or announcing presence
+        self.evicted = 0  # closed as slow consumers (1013)
+        # close code label -> connections; every label from the start, so rates start at 0
+        self.closed_by_code: dict[str, int] = dict.fromkeys(CLOSE_CODE_LABELS, 0)
+        self._closed_totals = OutboxTotals()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -65,6 +93,7 @@ class Connections:
         return iter(list(self._by_id.values()))
 
     def add(self, session: Session) -> None:
+        self.opened += 1
         self._by_id[session.conn_id] = session
         self._by_token.setdefault(session.token_hash, set()).add(session.conn_id)
         self._per_user[session.user.id] = self._per_user.get(session.user.id, 0) + 1
@@ -90,3 +119,20 @@ class Connections:
 
     def queued_bytes(self) -> list[int]:
         return [s.outbox.queued_bytes for s in self._by_id.values()]
+
+    def record_close(self, outbox: Outbox, code: int | None) -> None:
+        """A connection ended with close `code` (None: without a close frame)."""
+        label = close_code_label(code)
+        self.closed_by_code[label] = self.closed_by_code.get(label, 0) + 1
+        if outbox.evicted:
+            self.evicted += 1
+        self._closed_totals.add(outbox)
+
+    def totals_with(self, outboxes: Iterable[Outbox]) -> OutboxTotals:
+        """The closed connections' outbox counters plus those of `outboxes`."""
+        closed = self._closed_totals
+        totals = OutboxTotals(closed.frames_out, closed.bytes_out, closed.writes,
+                              closed.coalesced, closed.superseded, closed.shed)
+        for outbox in outboxes:
+            totals.add(outbox)
+        return totals

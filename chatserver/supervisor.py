@@ -8,21 +8,28 @@ worker listens, WATCHDOG=1 only while every worker's event loop reports in (each
 a heartbeat byte to its pipe from a task on its loop), STOPPING=1 on SIGTERM. A worker whose
 loop has not reported for `WORKER_HUNG` seconds is killed and restarted. Each worker binds
 the port with SO_REUSEPORT, so the kernel spreads new connections across them.
+
+A scrape of /metrics lands on any worker and must cover them all: the supervisor makes a
+private directory where each worker answers the others' scrapes on a Unix socket
+(`chatserver.metrics.WorkerSet`), and removes it when it exits.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 from chatserver import daemon
 from chatserver.config import Config
 from chatserver.daemon import sd_notify
+from chatserver.metrics import WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +77,16 @@ class PipeNotifier:
         return None
 
 
-def _run_worker(config: Config, pipe_fd: int) -> int:
+def _run_worker(config: Config, pipe_fd: int, workers: WorkerSet) -> int:
     """In the forked child: serve, reporting to the supervisor through `pipe_fd`."""
-    return daemon.run(config, PipeNotifier(pipe_fd))
+    return daemon.run(config, PipeNotifier(pipe_fd), workers)
+
+
+def _metrics_directory() -> str:
+    """A private (0700) directory for the workers' metrics sockets: under systemd's
+    RuntimeDirectory when the unit sets one, else under the temp directory."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return tempfile.mkdtemp(prefix="chatserver-metrics-", dir=runtime or None)
 
 
 class Supervisor:
@@ -81,6 +95,7 @@ class Supervisor:
         self.workers = [_Worker(slot) for slot in range(config.server.processes)]
         self._stopping = False
         self._signal: int | None = None
+        self._metrics_dir = ""  # made in run(): where the workers answer each other's scrapes
 
     def _spawn(self, worker: _Worker) -> int:
         """Fork one worker; returns the read end of its readiness pipe."""
@@ -92,7 +107,8 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = _run_worker(self.config, write_fd)
+                code = _run_worker(self.config, write_fd, WorkerSet(
+                    self._metrics_dir, worker.slot, len(self.workers)))
             except BaseException:
                 log.exception("worker %d failed", worker.slot)
             finally:
@@ -123,6 +139,13 @@ class Supervisor:
     def run(self) -> int:
         if not self._migrate_once():
             return 1
+        self._metrics_dir = _metrics_directory()
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         pipes = [self._spawn(worker) for worker in self.workers]

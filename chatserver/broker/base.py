@@ -54,6 +54,10 @@ class Event:
     # same key are joined), a typing or presence event's "t:<room>:<user>" / "p:<user>" (a
     # queued one is superseded by the next). Empty: the frame must be delivered as it is.
     key: str = ""
+    # `time.monotonic()` when this instance received what caused the event (a client's
+    # `send`), for the delivery-latency histogram; 0 when unknown. Never sent to other
+    # instances: their clocks are not this one's.
+    received: float = 0.0
 
 
 EventHandler = Callable[[Event], None]
@@ -76,6 +80,11 @@ class Broker(abc.ABC):
 
     def set_resync(self, callback: Callable[[], None]) -> None:
         self._resync = callback
+
+    def counters(self) -> dict[str, int]:
+        """Counters for /metrics: `published`, `dropped`, `received` (events to and from
+        other instances) and `reconnects`; empty for a broker with no other instances."""
+        return {}
 
     @abc.abstractmethod
     async def open(self) -> None: ...

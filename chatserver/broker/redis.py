@@ -120,6 +120,10 @@ class RedisBroker(Broker):
         self.reconnects = 0
         self._resyncs_called = 0
 
+    def counters(self) -> dict[str, int]:
+        return {"published": self.published, "dropped": self.dropped,
+                "received": self.received, "reconnects": self.reconnects}
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from chatserver.errors import StoreUnavailable
+from chatserver.metrics import BATCH_SIZE_BUCKETS, COMMIT_BUCKETS, Buckets
 
 RoomKind = Literal["public", "private", "direct"]
 TokenKind = Literal["api", "session"]
@@ -112,6 +113,15 @@ class WriterStats:
     pending: int = 0  # submitted and not yet resolved, the running batch included
 
 
+@dataclass(eq=False, slots=True)
+class WriterTimings:
+    """A store writer's histograms, observed once per batch by the writer (live, not a
+    snapshot); `/metrics` exports them."""
+
+    commit_seconds: Buckets = field(default_factory=lambda: Buckets(COMMIT_BUCKETS))
+    batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
+
+
 class Store(abc.ABC):
     """Persistent state. Open with `await open()`, close with `await close()`.
 
@@ -122,6 +132,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> WriterStats:
         """The writer's group-commit counters (exported at /metrics)."""
+
+    @property
+    def timings(self) -> WriterTimings:
+        """The writer's commit-latency and batch-size histograms (exported at /metrics);
+        empty ones for a store that does not time its writes."""
+        return WriterTimings()
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -243,5 +259,6 @@ __all__ = [
     "TokenKind",
     "User",
     "WriterStats",
+    "WriterTimings",
     "format_ts",
 ]

@@ -44,6 +44,7 @@ from chatserver.store.postgres_writer import (
     UNSTORABLE,
     PostgresWriter,
     WriterStats,
+    WriterTimings,
     acquire,
     apply_migrations,
     unavailable,
@@ -130,6 +131,10 @@ class PostgresStore(Store):
     @property
     def stats(self) -> WriterStats:
         return self._writer.stats if self._writer is not None else WriterStats()
+
+    @property
+    def timings(self) -> WriterTimings:
+        return self._writer.timings if self._writer is not None else WriterTimings()
 
     # -- lifecycle -------------------------------------------------------------------------------
 

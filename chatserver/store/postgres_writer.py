@@ -38,7 +38,13 @@ import asyncpg  # type: ignore[import-untyped]
 from asyncpg.exceptions import _base as asyncpg_base  # type: ignore[import-untyped]
 
 from chatserver.errors import BadRequest, NotFound, StoreUnavailable
-from chatserver.store.base import NewMessage, StoredMessage, WriterStats, format_ts
+from chatserver.store.base import (
+    NewMessage,
+    StoredMessage,
+    WriterStats,
+    WriterTimings,
+    format_ts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +237,7 @@ class PostgresWriter:
         self._rejected = 0
         self._largest_batch = 0
         self._outage_failures = 0  # batches failed since the database was last reachable
+        self.timings = WriterTimings()
 
     @property
     def stats(self) -> WriterStats:
@@ -290,6 +297,7 @@ class PostgresWriter:
                 self._batches += 1
                 self._jobs += count
                 self._largest_batch = max(self._largest_batch, count)
+                self.timings.batch_size.observe(count)
                 try:
                     outcomes = await self._write(batch)
                 except Exception:
@@ -325,6 +333,7 @@ class PostgresWriter:
                 append.future.set_result(outcome)
 
     async def _write(self, batch: list[_Append]) -> list[_Outcome]:
+        started = time.perf_counter()
         for attempt in range(_BATCH_RETRIES):
             try:
                 rows = await self._execute(batch)
@@ -349,6 +358,7 @@ class PostgresWriter:
                 # One exception object per waiter: raising it fills in its own traceback.
                 return [StoreUnavailable(error.message) for _ in batch]
             self._transactions += 1
+            self.timings.commit_seconds.observe(time.perf_counter() - started)
             if self._outage_failures:
                 log.warning(
                     "postgres writes work again, after %d failed batches",
@@ -420,6 +430,7 @@ __all__ = [
     "UNSTORABLE",
     "PostgresWriter",
     "WriterStats",
+    "WriterTimings",
     "acquire",
     "apply_migrations",
     "unavailable",

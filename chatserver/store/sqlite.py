@@ -31,7 +31,13 @@ from chatserver.store.base import (
     User,
     format_ts,
 )
-from chatserver.store.sqlite_writer import SqliteWriter, WriterStats, apply_migrations, connect
+from chatserver.store.sqlite_writer import (
+    SqliteWriter,
+    WriterStats,
+    WriterTimings,
+    apply_migrations,
+    connect,
+)
 
 T = TypeVar("T")
 
@@ -113,6 +119,10 @@ class SqliteStore(Store):
     @property
     def stats(self) -> WriterStats:
         return self._writer.stats if self._writer is not None else WriterStats()
+
+    @property
+    def timings(self) -> WriterTimings:
+        return self._writer.timings if self._writer is not None else WriterTimings()
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chatserver.errors import ChatError, StoreUnavailable
-from chatserver.store.base import WriterStats
+from chatserver.store.base import WriterStats, WriterTimings
 
 T = TypeVar("T")
 
@@ -111,6 +111,7 @@ class SqliteWriter:
         self._failed_batches = 0
         self._rejected = 0
         self._largest_batch = 0
+        self.timings = WriterTimings()  # observed by the writer thread only
 
     @property
     def stats(self) -> WriterStats:
@@ -205,7 +206,9 @@ class SqliteWriter:
         conn = self._conn
         self._batches += 1
         self._largest_batch = max(self._largest_batch, len(batch))
+        self.timings.batch_size.observe(len(batch))
         outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             # IMMEDIATE takes the write lock up front (waiting up to busy_timeout for another
             # process) so no job can hit SQLITE_BUSY halfway through the batch.
@@ -241,6 +244,7 @@ class SqliteWriter:
                 for _ in batch
             ]
         self._transactions += 1
+        self.timings.commit_seconds.observe(time.perf_counter() - started)
         return outcomes
 
     def _deliver(self, batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
@@ -347,4 +351,4 @@ def connect(path: str, *, writer: bool) -> sqlite3.Connection:
     return conn
 
 
-__all__ = ["SqliteWriter", "WriterStats", "apply_migrations", "connect"]
+__all__ = ["SqliteWriter", "WriterStats", "WriterTimings", "apply_migrations", "connect"]
