@@ -110,6 +110,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     outbox.enqueue(_hello(ctx, session))
     ctx.metrics.frames_out["hello"] += 1
     started = time.monotonic()
+    log.info("connection opened user=%s conn=%s", session.user.name, session.conn_id,
+             extra={"event": "connection_opened", "user": session.user.name,
+                    "conn": session.conn_id})
     try:
         await _announce(ctx, session, online=True)
         await _read_loop(ctx, session, ws)
@@ -150,7 +153,9 @@ async def _read_loop(ctx: ChatContext, session: Session, ws: web.WebSocketRespon
     outbox = session.outbox
     async for msg in ws:
         if msg.type is WSMsgType.TEXT:
-            await handlers.handle_frame(ctx, session, msg.data)
+            data = msg.data
+            session.bytes_in += len(data) if data.isascii() else len(data.encode("utf-8"))
+            await handlers.handle_frame(ctx, session, data)
         elif msg.type is WSMsgType.BINARY:
             ctx.metrics.frames_in["binary"] += 1
             outbox.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported; "
@@ -194,10 +199,16 @@ async def _cleanup(ctx: ChatContext, session: Session, writer: asyncio.Task[None
         outbox = session.outbox
         code = outbox.close_code or ws.close_code
         ctx.connections.record_close(outbox, code)
-    log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d frames_out=%d "
-             "bytes_out=%d code=%s", session.user.name, session.conn_id,
-             time.monotonic() - started, session.frames_in, outbox.frames_out,
-             outbox.bytes_out, code)
+    duration = time.monotonic() - started
+    log.info("connection closed user=%s conn=%s duration=%.1fs frames_in=%d bytes_in=%d "
+             "frames_out=%d bytes_out=%d code=%s", session.user.name, session.conn_id,
+             duration, session.frames_in, session.bytes_in, outbox.frames_out,
+             outbox.bytes_out, code,
+             extra={"event": "connection_closed", "user": session.user.name,
+                    "conn": session.conn_id, "duration_seconds": round(duration, 3),
+                    "frames_in": session.frames_in, "bytes_in": session.bytes_in,
+                    "frames_out": outbox.frames_out, "bytes_out": outbox.bytes_out,
+                    "code": code})
 
 
 async def _release(ctx: ChatContext, session: Session, writer: asyncio.Task[None]) -> None:

@@ -373,6 +373,16 @@ class _LiveCollector(Collector):
                                   value=ctx.messages.stored)
         yield CounterMetricFamily("chat_hub_resyncs", "Gaps re-read from the store.",
                                   value=hub.resyncs)
+        watch = ctx.lag.stall_watch
+        yield CounterMetricFamily("chat_event_loop_stalls",
+                                  "Times the event loop was held past [log] slow_callback_ms.",
+                                  value=watch.stalls)
+        yield CounterMetricFamily("chat_event_loop_stall_seconds",
+                                  "Seconds the event loop was held, summed over those stalls.",
+                                  value=watch.stall_seconds_total)
+        yield GaugeMetricFamily("chat_event_loop_last_stall_seconds",
+                                "How long the last logged stall held the event loop.",
+                                value=watch.last_stall_seconds)
         yield CounterMetricFamily("chat_flusher_passes", "Flusher passes (each writes every "
                                   "socket that got frames since the last).",
                                   value=ctx.flusher.passes)

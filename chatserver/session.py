@@ -35,6 +35,7 @@ class Session:
     storing: int = 0
     typing_sent: dict[str, float] = field(default_factory=dict)
     frames_in: int = 0
+    bytes_in: int = 0
     bad_frames: int = 0
 
     @property
