@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -60,6 +60,7 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 2.0
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
+POOL_MAX_CONNECTIONS = 64  # per client; callers beyond it wait for one
 OPEN_TIMEOUT = 5.0  # open() waits this long for the first subscription, then goes on
 SUBSCRIBE_TIMEOUT = 5.0
 CLOSE_FLUSH_TIMEOUT = 2.0
@@ -90,10 +91,10 @@ class RedisBroker(Broker):
         options: dict[str, Any] = dict(
             socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
             socket_keepalive=True, retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        self._redis = Redis.from_url(url, **options)
+        self._redis = _client(url, options)
         # The listener's own pool: its connection objects are never handed to the publisher,
         # whatever a late write on a dropped PubSub connection does to them.
-        self._listen_redis = Redis.from_url(url, **options)
+        self._listen_redis = _client(url, options)
         self._channels = Channels(int(self._redis.connection_pool.connection_kwargs.get("db", 0)))
         self._presence = RedisPresence(self._redis, instance_id, presence_ttl)
         self._rooms: set[str] = set()  # rooms wanted, whether or not Redis is reachable
@@ -503,6 +504,15 @@ async def _send(pubsub: PubSub, *command: str | bytes) -> bool:
     # No suspension between the check and the write, so this never connects anew.
     await connection.send_command(*command, check_health=False)
     return True
+
+
+def _client(url: str, options: dict[str, Any]) -> Redis:
+    """A client whose callers wait (up to COMMAND_TIMEOUT) for a free connection: a burst of
+    presence updates (a thousand clients leaving at once) otherwise fails past the pool's
+    size with MaxConnectionsError instead of queueing."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=POOL_MAX_CONNECTIONS,
+                                           timeout=COMMAND_TIMEOUT, **options)
+    return Redis.from_pool(pool)
 
 
 def _jitter(delay: float) -> float:

@@ -300,3 +300,15 @@ async def test_clusters_on_different_databases_stay_apart(redis_url: str) -> Non
     finally:
         for broker in zero.brokers + other.brokers:
             await broker.close()
+
+
+async def test_a_burst_of_presence_updates_waits_for_connections(shared_cluster: Cluster
+                                                                 ) -> None:
+    """A thousand connections opening and closing at once (a restart, a storm) are each
+    recorded: past the pool's size, callers wait for a connection instead of failing."""
+    broker, _ = await shared_cluster.open("burst")
+    users = [f"burst{i}" for i in range(1000)]
+    opened = await asyncio.gather(*(broker.connection_opened(u, f"c-{u}") for u in users))
+    assert all(opened), "every first connection is reported"
+    closed = await asyncio.gather(*(broker.connection_closed(u, f"c-{u}") for u in users))
+    assert all(closed), "every last connection is reported"
