@@ -155,15 +155,17 @@ async def serve(config: Config, notifier: Notifier, workers: WorkerSet | None = 
         await metrics.close_workers()
         await runner.cleanup()
         return 1
-    log.info("listening on http://%s:%d", server.host, server.port)
-    _freeze_startup_objects()
-    notifier.ready()
-    alive = asyncio.create_task(_report_alive(notifier, app), name="watchdog")
+    # Handlers before READY: a SIGTERM right after start-up (systemd, or the supervisor
+    # forwarding one) must shut down cleanly, not kill a process still on SIG_DFL.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, app[CONTEXT])
+    log.info("listening on http://%s:%d", server.host, server.port)
+    _freeze_startup_objects()
+    notifier.ready()
+    alive = asyncio.create_task(_report_alive(notifier, app), name="watchdog")
     await stop.wait()
     log.info("shutting down")
     notifier.stopping()

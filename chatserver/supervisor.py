@@ -40,6 +40,7 @@ POLL = 0.1
 HEARTBEAT = 1.0  # seconds between a worker's heartbeats
 WORKER_FRESH = 5.0  # a worker heard from this recently counts as alive for WATCHDOG=1
 WORKER_HUNG = 30.0  # a worker silent this long has a stuck loop: kill and restart it
+UNIX_PATH_MAX = 108  # bytes in sun_path, the terminating NUL included (Linux)
 
 
 @dataclass
@@ -86,7 +87,15 @@ def _metrics_directory() -> str:
     """A private (0700) directory for the workers' metrics sockets: under systemd's
     RuntimeDirectory when the unit sets one, else under the temp directory."""
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return tempfile.mkdtemp(prefix="chatserver-metrics-", dir=runtime or None)
+    made = tempfile.mkdtemp(prefix="chatserver-metrics-", dir=runtime or None)
+    if len(os.path.join(made, "worker-999.sock")) < UNIX_PATH_MAX:
+        return made
+    # A socket path must fit sun_path (108 bytes on Linux): a deep RUNTIME_DIRECTORY would
+    # leave every worker's /metrics without the others'.
+    os.rmdir(made)
+    log.warning("RUNTIME_DIRECTORY %s is too deep for the workers' metrics sockets; using "
+                "the temporary directory instead", runtime)
+    return tempfile.mkdtemp(prefix="chatserver-metrics-")
 
 
 class Supervisor:

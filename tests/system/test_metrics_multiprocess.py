@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +27,19 @@ SCRAPES = 8  # each on a new TCP connection: the kernel picks the worker that an
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path, postgres_dsn: str, redis_url: str) -> Iterator[Daemon]:
+def runtime_dir() -> Iterator[Path]:
+    """A short RUNTIME_DIRECTORY, as systemd's /run/chatserver is: pytest's tmp_path can be
+    too deep for a Unix socket path (108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="csrun-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, runtime_dir: Path, postgres_dsn: str, redis_url: str
+                ) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path)
-    (tmp_path / "run").mkdir()
-    daemon.env["RUNTIME_DIRECTORY"] = str(tmp_path / "run")
+    daemon.env["RUNTIME_DIRECTORY"] = str(runtime_dir)
     daemon.config_path.write_text(
         "[server]\n"
         f'host = "127.0.0.1"\nport = {daemon.port}\nprocesses = 2\nshutdown_timeout = 5\n'
@@ -112,14 +124,18 @@ async def test_one_scrape_covers_both_workers(two_workers: Daemon) -> None:
 
 
 async def test_the_workers_sockets_live_in_a_private_directory_removed_at_exit(
-        two_workers: Daemon, tmp_path: Path) -> None:
+        two_workers: Daemon, runtime_dir: Path) -> None:
     """The supervisor makes one 0700 directory (under $RUNTIME_DIRECTORY, as systemd's
     RuntimeDirectory= sets it) holding a socket per worker, and removes it when it stops."""
     daemon = two_workers
-    (made,) = (tmp_path / "run").iterdir()
+    (made,) = runtime_dir.iterdir()
     assert made.name.startswith("chatserver-metrics-")
     assert made.stat().st_mode & 0o777 == 0o700
-    assert sorted(os.listdir(made)) == ["worker-0.sock", "worker-1.sock"]
+    # /healthz answers once one worker is up; the other may still be binding its socket
+    deadline = time.monotonic() + 15
+    while sorted(os.listdir(made)) != ["worker-0.sock", "worker-1.sock"]:
+        assert time.monotonic() < deadline, f"worker sockets: {sorted(os.listdir(made))}"
+        await asyncio.sleep(0.05)
     await to_thread(daemon.kill, signal.SIGTERM)
-    assert await to_thread(daemon.wait, 30) == 0
+    assert await to_thread(daemon.wait, 30) == 0, daemon.stderr()[-3000:]
     assert not made.exists()
