@@ -140,10 +140,13 @@ class ChatClient:
         await self.request({"op": "ping"})
         return loop.time() - started
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Every `message` of joined rooms, once each, in seq order per room."""
-        while True:
-            yield await self._messages.get()
+    def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Every `message` of joined rooms, once each, in seq order per room.
+
+        Waiting on it with a timeout (`asyncio.wait_for(anext(it), 5)`) is safe: a wait that
+        times out takes nothing, and the iterator goes on. (An async generator would be
+        closed by that cancellation and end for good.)"""
+        return _QueueIterator(self._messages)
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -228,3 +231,16 @@ class ChatClient:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+
+
+class _QueueIterator:
+    """An endless async iterator over a queue; a cancelled `__anext__` loses no item."""
+
+    def __init__(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> _QueueIterator:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._queue.get()

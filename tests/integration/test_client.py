@@ -51,3 +51,25 @@ async def test_client_raises_the_servers_error(chat: Chat) -> None:
             assert error.code == "not_found"
         else:
             raise AssertionError("join of a missing room should fail")
+
+
+async def test_waiting_for_a_message_with_a_timeout_loses_nothing(chat: Chat) -> None:
+    """`wait_for(anext(messages), t)` timing out leaves the iterator working: the message
+    sent afterwards still arrives on the same iterator (an async generator would have been
+    closed by the cancellation)."""
+    token = await chat.user("alice")
+    await chat.room("general")
+    url = str(chat.client.make_url("/ws"))
+    async with ChatClient(url, token, backoff_base=0.05) as client:
+        await client.join("general")
+        iterator = client.messages()
+        for _ in range(3):
+            try:
+                await asyncio.wait_for(iterator.__anext__(), 0.05)
+            except TimeoutError:
+                pass
+            else:
+                raise AssertionError("nothing was sent yet")
+        await client.send("general", "late")
+        message = await asyncio.wait_for(iterator.__anext__(), 10)
+        assert message["text"] == "late"
