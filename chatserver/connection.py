@@ -37,9 +37,13 @@ class WebSocketSink:
         self._ws = ws
         self._request = request
         self._protocol = request.protocol
+        # Looked up once: aiohttp's `request.transport` is a property walk per call, and this
+        # runs once per recipient socket per flusher pass. A lost connection's transport
+        # stays this object and reports is_closing().
+        self._transport = request.transport
 
     def write(self, data: bytes) -> None:
-        transport = self._request.transport
+        transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the connection is closed")
         transport.write(data)
