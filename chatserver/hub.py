@@ -116,9 +116,19 @@ class Hub:
             return
         frame = wsframe.text_frame(event.frame)  # once, for every recipient
         if event.kind == "message":
+            seq = event.seq
             before = self.live_messages
+            count = 0
             for sub in subs.values():
-                self._offer(sub, event.seq, frame)
+                # The one line per recipient: a live subscription next in line takes the
+                # frame; anything else (catching up, duplicate, gap) is `_offer`'s.
+                if sub.live and seq == sub.last_seq + 1:
+                    sub.last_seq = seq
+                    sub.outbox.enqueue_frame(frame)
+                    count += 1
+                else:
+                    self._offer(sub, seq, frame)
+            self.live_messages += count
             if self.fanned_out is not None and self.live_messages != before:
                 # A message from another instance is timed from its arrival here.
                 received = event.received

@@ -54,6 +54,14 @@ EPHEMERAL_DELAY = 0.1
 # its own frame; 2 ms is far below what a reader can see of text growing (at 500/s it
 # joins two or three deltas in a write).
 DELTA_DELAY = 0.002
+# Pacing: after a pass that took `d` seconds, the next one starts no sooner than
+# `d * FLUSH_PAUSE_RATIO` later (at most FLUSH_PAUSE_MAX). A pass is one socket write per
+# recipient, and a write costs the same for one frame as for several: while a big room is
+# busy, the pause lets the messages that arrive meanwhile share the next write, so the
+# flusher takes at most about a third of the loop and the rest is left to reading sends,
+# acks and joins. A cheap pass (small rooms, quiet server) leaves a pause too short to see.
+FLUSH_PAUSE_RATIO = 2.0
+FLUSH_PAUSE_MAX = 0.025
 
 
 class FrameSink(Protocol):
@@ -93,6 +101,8 @@ class Flusher:
     def __init__(self) -> None:
         self._pending: list[Outbox] = []
         self._scheduled = False
+        self._not_before = 0.0  # time.monotonic() before which no pass starts (pacing)
+        self._sweep_busy = 0.0  # seconds the passes of the current sweep have written
         self._waiting: dict[float, list[Outbox]] = {}  # by delay: one timer per delay
         self.passes = 0
         # Delivery latency, timed per message and never per recipient (see `track`); set by
@@ -111,7 +121,11 @@ class Flusher:
         self._pending.append(outbox)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._run)
+            pause = self._not_before - time.monotonic()
+            if pause > 0:
+                asyncio.get_running_loop().call_later(pause, self._run)
+            else:
+                asyncio.get_running_loop().call_soon(self._run)
 
     def _delay_over(self, delay: float) -> None:
         for outbox in self._waiting.pop(delay, ()):
@@ -131,9 +145,7 @@ class Flusher:
 
     def _run(self) -> None:
         self.passes += 1
-        latency = self.latency
-        timed = latency is not None and bool(latency.local or latency.remote)
-        started = time.monotonic() if timed else 0.0
+        started = time.monotonic()
         pending = self._pending
         split = len(pending) > FLUSH_PASS_OUTBOXES
         if split:
@@ -145,9 +157,17 @@ class Flusher:
             self._scheduled = False
         for outbox in pending:
             outbox.flush_requested()
-        if latency is not None and (timed or latency.writing):
+        ended = time.monotonic()
+        # A sweep split over several passes pauses for all of their writing (not for the
+        # callbacks that ran between them).
+        self._sweep_busy += ended - started
+        if not split:
+            self._not_before = ended + min(FLUSH_PAUSE_MAX, self._sweep_busy * FLUSH_PAUSE_RATIO)
+            self._sweep_busy = 0.0
+        latency = self.latency
+        if latency is not None and (latency.local or latency.remote or latency.writing):
             # With the queue empty (not split), every copy of those messages is out.
-            latency.written(started, None if split else time.monotonic())
+            latency.written(started, None if split else ended)
 
 
 class _Entry:
@@ -175,7 +195,9 @@ class Outbox:
         self.close_code: int | None = None
         self.close_reason = ""
         self._flusher = flusher if flusher is not None else Flusher()
-        self._frames: deque[_Entry] = deque()
+        # Queued frames: the bytes themselves (fan-out's common case: no object per
+        # recipient), or an `_Entry` for a frame a later one may join or replace.
+        self._frames: deque[bytes | _Entry] = deque()
         self._keyed: dict[str, _Entry] = {}  # queued entries that a later frame may touch
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -202,10 +224,23 @@ class Outbox:
         return self.enqueue_frame(wsframe.text_frame(payload))
 
     def enqueue_frame(self, frame: bytes) -> bool:
-        """Queue a frame built once for many connections (`wsframe.text_frame`)."""
+        """Queue a frame built once for many connections (`wsframe.text_frame`).
+
+        Fan-out calls this once per recipient, so it is `_append` written out for the common
+        case: a length check, a deque append, and at most one flusher request per pass."""
         if self._closing:
             return False
-        return self._append(_Entry(frame))
+        size = len(frame)
+        if self.queued_bytes + size > self.limit_bytes:
+            self._evict()
+            return False
+        self._frames.append(frame)
+        self.queued_bytes += size
+        due = self._flush_due
+        if (due is None or due > 0.0) and not self._backed_up and self._sink is not None:
+            self._flush_due = 0.0
+            self._flusher.request(self)
+        return True
 
     def enqueue_ephemeral(self, frame: bytes, key: str) -> bool:
         """Queue a built `typing`/`presence` frame: it replaces a queued one with the same
@@ -271,13 +306,14 @@ class Outbox:
         sink = self._sink
         if sink is None or self._backed_up or self._closing:
             return  # the writer task writes (it waits for the socket, or closes)
+        frames = self._frames
         try:
-            while self._frames and not sink.backed_up():
+            while frames and not sink.backed_up():
                 self._write_batch(sink)
         except ConnectionError as exc:
             self._lost(exc)
             return
-        if self._frames:
+        if frames:
             self._backed_up = True
             self._wakeup.set()
 
@@ -365,19 +401,29 @@ class Outbox:
 
     def _write_batch(self, sink: FrameSink) -> None:
         """Hand queued frames, up to BATCH_BYTES, to the socket in one write."""
-        frames, keyed = self._frames, self._keyed
-        parts: list[bytes] = []
-        size = 0
-        while frames and size < BATCH_BYTES:
-            entry = frames.popleft()
-            if entry.key and keyed.get(entry.key) is entry:
-                del keyed[entry.key]  # written: later frames no longer touch it
-            parts.append(entry.frame)
-            size += len(entry.frame)
+        frames = self._frames
+        if len(frames) == 1 and type(frames[0]) is bytes:  # the usual pass: one message
+            data = frames.popleft()
+            count = 1
+        else:
+            keyed = self._keyed
+            parts: list[bytes] = []
+            size = 0
+            while frames and size < BATCH_BYTES:
+                entry = frames.popleft()
+                if type(entry) is not bytes:
+                    if keyed.get(entry.key) is entry:
+                        del keyed[entry.key]  # written: later frames no longer touch it
+                    entry = entry.frame
+                parts.append(entry)
+                size += len(entry)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            count = len(parts)
+        size = len(data)
         self.queued_bytes -= size
-        self.frames_out += len(parts)
+        self.frames_out += count
         self.bytes_out += size
         self.writes += 1
-        sink.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        sink.write(data)
         if self.queued_bytes <= self._drain_threshold:
             self._drained.set()

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import orjson
 
 from chatserver import wsframe
-from chatserver.outbox import BATCH_BYTES, DELTA_DELAY, EPHEMERAL_DELAY, Flusher, Outbox
+from chatserver.outbox import (
+    BATCH_BYTES,
+    DELTA_DELAY,
+    EPHEMERAL_DELAY,
+    FLUSH_PAUSE_MAX,
+    FLUSH_PAUSE_RATIO,
+    Flusher,
+    Outbox,
+)
 
 
 def payloads(data: bytes) -> list[bytes]:
@@ -116,6 +126,73 @@ async def test_fan_out_is_written_one_loop_step_later_in_one_write_per_socket() 
         assert outbox.queued_bytes == 0
         outbox.close(1000)
     await asyncio.wait_for(asyncio.gather(*writers), 5)
+
+
+class SlowSink(RecordingSink):
+    """A socket whose write costs `cost` seconds of the loop, like a real write to a big room."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__()
+        self.cost = cost
+        self.written_at: list[float] = []
+
+    def write(self, data: bytes) -> None:
+        self.written_at.append(time.monotonic())
+        busy_until = time.monotonic() + self.cost
+        while time.monotonic() < busy_until:
+            pass
+        super().write(data)
+
+
+async def test_an_expensive_pass_is_followed_by_a_pause_that_batches_what_arrives() -> None:
+    """After a pass that took `d` seconds, the next waits about `d * FLUSH_PAUSE_RATIO`
+    (at most FLUSH_PAUSE_MAX): messages fanned out meanwhile share one write per socket."""
+    flusher = Flusher()
+    pass_cost = 0.006  # ten sockets x 0.6 ms
+    pairs = [(Outbox(100_000, flusher), SlowSink(pass_cost / 10)) for _ in range(10)]
+    writers = [asyncio.create_task(o.run(s)) for o, s in pairs]
+    await asyncio.sleep(0)
+    for outbox, _ in pairs:
+        outbox.enqueue_frame(built(b"first"))
+    await asyncio.sleep(0)  # the first pass: nothing before it, so no pause
+    first_done = time.monotonic()
+    assert all(sink.frames == [b"first"] for _, sink in pairs)
+    for i in range(3):  # three messages while the flusher pauses
+        for outbox, _ in pairs:
+            outbox.enqueue_frame(built(b"m%d" % i))
+        await asyncio.sleep(0)
+    assert all(sink.writes == 1 for _, sink in pairs), "the pause holds them"
+    await asyncio.wait_for(_until(lambda: all(s.writes == 2 for _, s in pairs)), 5)
+    pause = pairs[0][1].written_at[1] - first_done
+    expected = min(FLUSH_PAUSE_MAX, pass_cost * FLUSH_PAUSE_RATIO)
+    assert expected * 0.8 <= pause < expected + 1.0  # late is the loop's, never early
+    for outbox, sink in pairs:
+        assert sink.frames == [b"first", b"m0", b"m1", b"m2"]
+        outbox.close(1000)
+    await asyncio.wait_for(asyncio.gather(*writers), 5)
+
+
+async def test_a_cheap_pass_leaves_no_pause_to_speak_of() -> None:
+    """A quiet server (or a small room) writes every message one loop step after fan-out."""
+    flusher = Flusher()
+    outbox, sink = Outbox(100_000, flusher), RecordingSink()
+    writer = asyncio.create_task(outbox.run(sink))
+    await asyncio.sleep(0)
+    for i in range(5):
+        outbox.enqueue_frame(built(b"m%d" % i))
+        steps = 0
+        while sink.writes == i:
+            await asyncio.sleep(0)
+            steps += 1
+        assert steps <= 3, "a pass of microseconds must not hold the next one"
+    assert sink.frames == [b"m%d" % i for i in range(5)]
+    outbox.close(1000)
+    await asyncio.wait_for(writer, 5)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.0005)
 
 
 async def test_overflow_evicts_with_1013_even_when_the_socket_is_stuck() -> None:
