@@ -138,8 +138,11 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
     metrics = Metrics()
     overload = OverloadGuard()
 
+    measured = config.metrics.enabled
+
     def on_lag_sample(lag: float) -> None:
-        metrics.loop_lag.observe(lag)
+        if measured:
+            metrics.loop_lag.observe(lag)
         pool_queue = sum(stats.queued for stats in executors.stats.values())
         overload.update(lag, pool_queue, asyncio.get_running_loop().time())
 
@@ -155,7 +158,8 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
         login_address_limiter=KeyedLimiter(limits.login.address_per_minute / 60,
                                            limits.login.address_burst),
     )
-    metrics.bind(ctx)
+    if measured:
+        metrics.bind(ctx)
     return ctx
 
 

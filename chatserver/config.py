@@ -86,6 +86,14 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # false: no /metrics (404), no delivery-latency or loop-lag observations, no pool job
+    # timing. For measuring what they cost; the loop-lag monitor itself keeps running (its
+    # samples drive admission control), and `[log] slow_callback_ms = 0` stops the watchdog.
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -93,6 +101,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pools: PoolsConfig = field(default_factory=PoolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"  # the file it came from, for messages
 
 
@@ -118,6 +127,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": LimitsConfig,
     "pools": PoolsConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 _SUBTABLES: dict[tuple[type[Any], str], type[Any]] = {
     (LimitsConfig, "rate"): RateConfig,
@@ -228,6 +238,10 @@ def _convert(value: object, kind: str, name: str, source: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(source, name, f"expected a string, got {_describe(value)}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(source, name, f"expected true or false, got {_describe(value)}")
     if kind == "tuple[str, ...]":
         if isinstance(value, list):
             for item in value:

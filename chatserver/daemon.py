@@ -135,7 +135,7 @@ async def serve(config: Config, notifier: Notifier, workers: WorkerSet | None = 
         log.error("start-up failed: %s", getattr(exc, "message", None) or exc)
         return 1
     metrics = app[CONTEXT].metrics
-    if workers is not None:
+    if workers is not None and app[CONTEXT].config.metrics.enabled:
         try:
             await metrics.serve_workers(workers)
         except OSError as exc:  # the scrape still answers, for this worker alone

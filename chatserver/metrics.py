@@ -35,6 +35,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from chatserver.errors import NotFound
+
 if TYPE_CHECKING:
     from chatserver.context import ChatContext
 
@@ -558,5 +560,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     from chatserver.app_keys import CONTEXT
 
     ctx = request.app[CONTEXT]
+    if not ctx.config.metrics.enabled:
+        raise NotFound("metrics are off on this server: set [metrics] enabled = true")
     return web.Response(body=await ctx.metrics.scrape(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -20,6 +20,7 @@ from chatserver.auth import hash_token, new_token
 from chatserver.config import (
     Config,
     LimitsConfig,
+    MetricsConfig,
     PoolsConfig,
     RateConfig,
     ServerConfig,
@@ -30,8 +31,8 @@ from chatserver.context import ChatContext
 FRAME_TIMEOUT = 5.0
 
 
-def make_config(tmp_path: Path, *, server: ServerConfig | None = None, **limits: Any
-                ) -> Config:
+def make_config(tmp_path: Path, *, server: ServerConfig | None = None,
+                metrics: MetricsConfig | None = None, **limits: Any) -> Config:
     rate = limits.pop("rate", RateConfig(per_second=1000, burst=1000))
     limits.setdefault("connections_per_user", 1000)  # tests open many sockets as one user
     return Config(
@@ -39,6 +40,7 @@ def make_config(tmp_path: Path, *, server: ServerConfig | None = None, **limits:
         store=StoreConfig(path=str(tmp_path / "chat.db")),
         limits=dataclasses.replace(LimitsConfig(), rate=rate, **limits),
         pools=PoolsConfig(threads=2, processes=1),
+        metrics=metrics or MetricsConfig(),
     )
 
 
@@ -135,8 +137,9 @@ ChatFactory = Callable[..., Awaitable[Chat]]
 
 @pytest.fixture
 async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFactory]:
-    async def factory(*, server: ServerConfig | None = None, **limits: Any) -> Chat:
-        config = make_config(tmp_path, server=server, **limits)
+    async def factory(*, server: ServerConfig | None = None,
+                      metrics: MetricsConfig | None = None, **limits: Any) -> Chat:
+        config = make_config(tmp_path, server=server, metrics=metrics, **limits)
         client = await aiohttp_client(create_app(config))
         return Chat(client, client.app[CONTEXT])
 

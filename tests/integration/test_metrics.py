@@ -13,6 +13,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatserver import metrics as metrics_module
+from chatserver.config import MetricsConfig
 from chatserver.metrics import Metrics, WorkerSet
 from chatserver.overload import Level, Thresholds
 from tests.integration.conftest import Chat, ChatFactory, WsClient
@@ -265,3 +266,26 @@ async def test_a_worker_scrape_merges_the_others_and_names_the_silent_ones(
         for worker in workers:
             await worker.close_workers()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-3.sock"]
+
+
+async def test_metrics_off_answers_404_and_times_nothing(make_chat: ChatFactory) -> None:
+    """`[metrics] enabled = false` (for measuring what metrics cost): /metrics answers 404
+    saying how to turn it on, no delivery is timed and no lag sample is kept, and chat
+    works as before."""
+    chat = await make_chat(metrics=MetricsConfig(enabled=False))
+    reply = await chat.client.get("/metrics")
+    assert reply.status == 404
+    body = await reply.json()
+    assert body["error"] == "not_found" and "[metrics] enabled = true" in body["message"]
+    assert chat.ctx.hub.fanned_out is None and chat.ctx.flusher.latency is None
+    token = await chat.user("alice")
+    await chat.room("general")
+    alice, reader = await chat.ws(token), await chat.ws(token)
+    await reader.send({"op": "join", "room": "general"})
+    await read_until(reader, 1, "joined")
+    assert (await alice.say("general", "hi"))["op"] == "ack"
+    (message,) = await read_until(reader, 1, "message")
+    assert message["text"] == "hi"
+    await asyncio.sleep(0.25)  # a few loop-lag ticks: none reaches the histogram
+    lag_samples = chat.ctx.metrics.loop_lag.collect()[0].samples
+    assert next(s.value for s in lag_samples if s.name.endswith("_count")) == 0

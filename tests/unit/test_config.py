@@ -197,6 +197,9 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("negative processes", {"pools": {"processes": -1}}, "[pools] processes", "0 or more"),
     ("bad log level", {"log": {"level": "trace"}}, "[log] level", '"debug", "info"'),
     ("bad log format", {"log": {"format": "xml"}}, "[log] format", '"json"'),
+    ("string for bool", {"metrics": {"enabled": "no"}}, "[metrics] enabled",
+     'expected true or false, got string "no"'),
+    ("int for bool", {"metrics": {"enabled": 0}}, "[metrics] enabled", "got integer 0"),
 ]
 BAD_ORIGINS = [
     ("ftp://chat.example.com", "not an origin"),
