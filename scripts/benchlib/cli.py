@@ -25,7 +25,8 @@ stream into a room with slow readers (stream: 500 deltas/s, 200 readers, 10 thro
 back within 1 s, resumed with `join after`). The server runs pinned to CPU 0, the load
 generator (and PostgreSQL and Redis) pinned to CPU 1. In fanout and capacity, --baseline,
 --peer and --calibrate add runs of other servers under the same load, in one table with
-chatserver's ratio to each; --plot draws them, --profile shows where chatserver's time goes."""
+chatserver's ratio to each; --plot draws them, --profile shows where chatserver's time goes;
+--compare-monitoring measures what chatserver's metrics and loop-lag monitoring cost."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,6 +71,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="also run the same load against the calibration server (one pre-built "
                         "frame written per member, nothing else: the physical limit), and print "
                         "chatserver's p99 and server CPU per delivery relative to it")
+    p.add_argument("--compare-monitoring", type=int, default=0, metavar="N",
+                   help="fanout: N pairs of chatserver runs with its metrics and loop-lag "
+                        "monitoring on (the defaults) and off ([metrics] enabled = false, [log] "
+                        "slow_callback_ms = 0), alternating on, off, on, off so a noisy "
+                        "machine's drift hits both; prints the cost (median server CPU per "
+                        "delivery on / off - 1), each pair's cost, and issue 5's target "
+                        "(< 2 %%)")
     p.add_argument("--json", metavar="OUT", help="write machine-readable results here")
     p.add_argument("--plot", metavar="DIR",
                    help="write PNG charts here: capacity = latency p50/p99 against offered "

@@ -12,15 +12,19 @@ chatserver / other, one set per other run. Targets (same machine, one invocation
   of 100 and 50 msgs/s, when both runs have them (`--start-rate 12.5`);
 - processes: the largest process count >= 1.6x the smallest's sustainable deliveries/s;
 - crossinstance: cross-instance p50 - same-instance p50 < 2 ms;
+- monitoring (issue 5): the loop-lag monitor and metrics cost < 2 % of throughput, on vs off in
+  the same invocation: median server CPU per delivery of the "on" runs over the "off" runs' (a
+  core's throughput is 1 / CPU per delivery), with each on/off pair's own figure for the spread;
 - stream and storm (issue 4): in `report_resilience`.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from . import report
-from .plan import Section
+from .plan import Section, is_unmonitored
 from .report import Run
 from .report_capacity import difference, render_capacity, render_crossinstance
 from .report_resilience import render_resilience
@@ -30,6 +34,8 @@ PEER_THROUGHPUT_TARGET = 5.0
 PEER_P99_TARGET = 0.1
 PROCESSES_TARGET = 1.6
 CROSS_P50_TARGET_MS = 2.0
+MONITORING_COST_TARGET = 0.02  # of throughput: CPU per delivery on / off - 1
+MONITORING_BASE = "monitoring off"  # the key of the monitoring section's figures
 CALIBRATION_P99_TARGET = 2.0
 CALIBRATION_CPU_TARGET = 1.2
 WEBSOCKETS_CPU_TARGET = 2 / 3
@@ -81,10 +87,56 @@ def capacity_ratios(main: Run, base: Run) -> Ratios:
     }
 
 
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _cost(on: float | None, off: float | None) -> float | None:
+    r = ratio(on, off)
+    return None if r is None else r - 1.0
+
+
+def monitoring_figures(section: Section, ok: dict[str, Run]) -> Ratios:
+    """On vs off: the medians of server CPU per delivery and of achieved deliveries/s over the
+    runs that succeeded, cost = median on / median off - 1, and each pair's own cost
+    (`cost_pair_<i>`: run i on / run i off - 1, None when either failed), in run order."""
+    on = [c.label for c in section.configs if not is_unmonitored(c)]
+    off = [c.label for c in section.configs if is_unmonitored(c)]
+
+    def medians(labels: list[str], key: str) -> float | None:
+        return _median([ok[k].get(key) for k in labels if k in ok])
+
+    cpu_on = medians(on, "server_cpu_per_delivery_us")
+    cpu_off = medians(off, "server_cpu_per_delivery_us")
+    rate_on = medians(on, "achieved_deliveries_per_s")
+    rate_off = medians(off, "achieved_deliveries_per_s")
+    figures: Ratios = {
+        "cpu_per_delivery_us_on": cpu_on, "cpu_per_delivery_us_off": cpu_off,
+        "runs_on": float(sum(k in ok for k in on)), "runs_off": float(sum(k in ok for k in off)),
+        "cpu_per_delivery": ratio(cpu_on, cpu_off), "cost": _cost(cpu_on, cpu_off),
+        "deliveries_per_s_on": rate_on, "deliveries_per_s_off": rate_off,
+        "deliveries_per_s": ratio(rate_on, rate_off),
+    }
+    for i, (a, b) in enumerate(zip(on, off, strict=False), start=1):
+        cpu = [ok[k].get("server_cpu_per_delivery_us") if k in ok else None for k in (a, b)]
+        figures[f"cost_pair_{i}"] = _cost(cpu[0], cpu[1])
+    return figures
+
+
+def pair_costs(figures: Ratios) -> list[float | None]:
+    """The per-pair costs of monitoring_figures, pair 1 first."""
+    return [figures[f"cost_pair_{i}"] for i in range(1, len(figures) + 1)
+            if f"cost_pair_{i}" in figures]
+
+
 def section_ratios(section: Section, ok: dict[str, Run]) -> dict[str, Ratios]:
     """The ratios of every pair, keyed by the base's label (empty: nothing to compare).
 
-    A single crossinstance run reports its B - A differences, keyed by its own label."""
+    A single crossinstance run reports its B - A differences, keyed by its own label; the
+    monitoring section its on vs off figures (`monitoring_figures`), keyed "monitoring off"."""
+    if section.compare == "monitoring":
+        return {MONITORING_BASE: monitoring_figures(section, ok)} if ok else {}
     if len(ok) == 1 and next(iter(ok.values()))["scenario"] == "crossinstance":
         label, run = next(iter(ok.items()))
         return {label: {"cross_minus_same_p50_ms": difference(run, "p50"),
@@ -219,9 +271,36 @@ def pair_targets(section: Section, ok: dict[str, Run], pair: Pair, figures: Rati
     return out
 
 
+def monitoring_target(figures: Ratios, ok: dict[str, Run]) -> list[str]:
+    """Issue 5: metrics and the loop-lag monitor cost < 2 % of throughput, on vs off."""
+    cost = figures.get("cost")
+    if cost is None:
+        return ["Target not measurable: the loop-lag monitor and metrics cost needs server CPU "
+                "per delivery of at least one run on and one run off"]
+    target = f"{100 * MONITORING_COST_TARGET:g} %"
+    out = [f"Target: loop-lag monitor and metrics cost < {target} of throughput (server CPU "
+           "per delivery on vs off; the throughput a core allows is 1 / CPU per delivery): "
+           f"{100 * cost:+.1f} %, {_verdict(cost < MONITORING_COST_TARGET)}"]
+    costs = [c for c in pair_costs(figures) if c is not None]
+    spread = max(costs) - min(costs) if costs else 0.0
+    if spread > MONITORING_COST_TARGET:
+        out.append(f"Caveat: the pairs' costs spread over {100 * spread:.1f} points, wider "
+                   f"than the {target} target: the machine's noise is as large as what is "
+                   "measured; more pairs (--compare-monitoring) or a quieter machine narrow it")
+    busy = [f"{k} {r['server_cpu_pct_measured']:.0f} %" for k, r in ok.items()
+            if r.get("server_cpu_pct_measured", 0.0) >= SATURATED_PCT]
+    if busy:
+        out.append(f"Caveat: server CPU of its core {', '.join(busy)}: at or above "
+                   f"{SATURATED_PCT:g} % a server is saturated and falls behind the load, so "
+                   "the runs may not have served the same deliveries: lower the rate")
+    return out
+
+
 def targets(section: Section, ok: dict[str, Run], figures: dict[str, Ratios],
             args: argparse.Namespace) -> list[str]:
     """The issues' targets that this section measures, with the measured figures."""
+    if section.compare == "monitoring":
+        return monitoring_target(figures.get(MONITORING_BASE, {}), ok)
     if section.scenario == "crossinstance":
         d = next(iter(figures.values()), {}).get("cross_minus_same_p50_ms")
         if d is None:
@@ -236,7 +315,11 @@ def targets(section: Section, ok: dict[str, Run], figures: dict[str, Ratios],
 
 
 def ratio_block(section: Section, ok: dict[str, Run], figures: dict[str, Ratios]) -> str:
-    """The ratio lines of every pair: "- p99 latency: chatserver / calibration = 1.234"."""
+    """The ratio lines of every pair: "- p99 latency: chatserver / calibration = 1.234";
+    the monitoring section's medians and costs."""
+    if section.compare == "monitoring":
+        figs = figures.get(MONITORING_BASE)
+        return report.monitoring_lines(figs, pair_costs(figs)) if figs else ""
     return "\n".join(report.ratio_lines(main, base, figures[base])
                      for main, base, _, _ in pairs(section, ok) if base in figures)
 

@@ -9,6 +9,9 @@ how its runs relate (what the ratios under the table mean):
 - several of those joined by "+" (e.g. "peer+calibration"): chatserver, the first run, against
   each of the others in turn; `Section.bases()` names each one's role
 - "processes": chatserver with different process counts (`--compare-processes`)
+- "monitoring": chatserver with its metrics and loop-lag monitoring on (the defaults) and off
+  (the `chatserver:unmonitored` variant), alternating on, off, on, off, ... so a noisy
+  machine's drift hits both (`--compare-monitoring N`: N pairs)
 - "": a single run (crossinstance reports its own A/B difference)
 """
 
@@ -23,7 +26,13 @@ from . import placement
 from .backends import Backends
 from .orchestrate import RunConfig
 from .placement import Placement
-from .targets import PINGER_PASSWORD, PINGER_USER, STREAM_MESSAGE_BYTES, variant_kind
+from .targets import (
+    PINGER_PASSWORD,
+    PINGER_USER,
+    STREAM_MESSAGE_BYTES,
+    UNMONITORED,
+    variant_kind,
+)
 
 CAPACITY_KEYS = ("start_rate", "max_rate", "refine", "step_warmup", "step_duration",
                  "step_min_messages", "max_steps")
@@ -53,10 +62,21 @@ class Section:
 
     def bases(self) -> list[tuple[str, str, str]]:
         """(label, role, server kind) of each run the first one is compared with: role
-        "baseline", "peer" or "calibration"; empty for sections of processes or one run."""
-        if not self.compare or self.compare == "processes":
+        "baseline", "peer" or "calibration"; empty for sections of processes, of monitoring
+        (outcome.monitoring_figures pairs those) or of one run."""
+        if self.compare in ("", "processes", "monitoring"):
             return []
         return [(c.label, ROLE_OF_KIND.get(c.kind, ""), c.kind) for c in self.configs[1:]]
+
+
+def monitoring_label(on: bool, pair: int) -> str:
+    """The label of a --compare-monitoring run: "monitoring on #1", "monitoring off #1", ..."""
+    return f"monitoring {'on' if on else 'off'} #{pair}"
+
+
+def is_unmonitored(cfg: RunConfig) -> bool:
+    """Whether a run is chatserver with its metrics and stall watchdog switched off."""
+    return cfg.kind.split(":")[1:] == [UNMONITORED]
 
 
 def process_counts(args: argparse.Namespace) -> list[int]:
@@ -93,8 +113,31 @@ def _check_issue4(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_monitoring(args: argparse.Namespace) -> str | None:
+    if args.compare_monitoring < 0:
+        return "--compare-monitoring takes a number of on/off pairs (0: no comparison)"
+    if not args.compare_monitoring:
+        return None
+    if args.scenario != "fanout":
+        return "--compare-monitoring measures server CPU per delivery of fanout runs " \
+               "(--scenario fanout)"
+    if args.baseline or args.peer or args.calibrate or args.compare_processes:
+        return "--compare-monitoring runs chatserver only, on and off: drop " \
+               "--baseline/--peer/--calibrate/--compare-processes"
+    if args.target != "chatserver" or args.server_cmd:
+        return "--compare-monitoring switches chatserver's own monitoring: no --target or " \
+               "--server-cmd"
+    if args.processes > 1 and args.cpu_share == "both":
+        return "--compare-monitoring compares runs in one placement: with --processes, " \
+               "choose --cpu-share spread, one-core or budget"
+    return None
+
+
 def check(args: argparse.Namespace) -> str | None:
     """The first problem with a combination of options, or None."""
+    problem = _check_monitoring(args)
+    if problem:
+        return problem
     if args.profile and args.scenario != "fanout":
         return "--profile samples the server during a fanout run's measured window " \
                "(--scenario fanout)"
@@ -232,7 +275,19 @@ def _profiled(args: argparse.Namespace, configs: list[RunConfig]) -> list[RunCon
     return [dataclasses.replace(c, profile_dir=args.profile) for c in configs]
 
 
+def _monitoring_configs(args: argparse.Namespace) -> list[RunConfig]:
+    """N pairs of chatserver runs: monitoring on (its normal config), off (the unmonitored
+    variant), on, off, ...; all in the placement a single chatserver run would have."""
+    (on,) = _main_configs(args, args.scenario, "")
+    off_kind = f"{on.kind}:{UNMONITORED}"
+    return [dataclasses.replace(on, label=monitoring_label(monitored, pair),
+                                kind=on.kind if monitored else off_kind)
+            for pair in range(1, args.compare_monitoring + 1) for monitored in (True, False)]
+
+
 def sections(args: argparse.Namespace) -> list[Section]:
+    if args.compare_monitoring:
+        return [Section(args.scenario, _profiled(args, _monitoring_configs(args)), "monitoring")]
     main = _profiled(args, _main_configs(args, args.scenario, ""))
     if args.compare_processes:
         return [Section(args.scenario, main, "processes")]

@@ -226,6 +226,30 @@ def ratio_lines(main_label: str, base_label: str, r: dict[str, float | None]) ->
                      for k, v in r.items() if k in RATIO_NAMES)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f} %"
+
+
+def monitoring_lines(figures: dict[str, float | None], costs: list[float | None]) -> str:
+    """--compare-monitoring: the medians of the runs on and off, the cost, each pair's cost."""
+    def runs(key: str) -> str:
+        n = int(figures.get(key) or 0)
+        return f"{n} run{'s' if n != 1 else ''}"
+
+    pairs = ", ".join(f"#{i} {_pct(c)}" for i, c in enumerate(costs, start=1))
+    return "\n".join([
+        "- server CPU us/delivery, median: monitoring on "
+        f"{_f(figures['cpu_per_delivery_us_on'], 3)} ({runs('runs_on')}), "
+        f"off {_f(figures['cpu_per_delivery_us_off'], 3)}"
+        f" ({runs('runs_off')})",
+        f"- cost of monitoring: median on / median off - 1 = {_pct(figures['cost'])}",
+        f"- per pair (on #i / off #i - 1): {pairs or '-'}",
+        f"- achieved deliveries/s, median: monitoring on {_f(figures['deliveries_per_s_on'], 0)}, "
+        f"off {_f(figures['deliveries_per_s_off'], 0)} (on / off = "
+        f"{_f(figures['deliveries_per_s'], 3)})",
+    ])
+
+
 def warnings(runs: dict[str, Run]) -> list[str]:
     out = []
     for label, run in runs.items():

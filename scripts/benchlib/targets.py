@@ -15,7 +15,10 @@
 Scenarios that need more than the common chatserver setup name a variant in the kind
 (`chatserver:<variant>`, see `variant_kind`): `stream` raises the message size limits so the
 whole stream fits in its stored message; `storm:<n>` makes n users with API tokens (one per
-client) and runs the server under `restarter.py`, so the generator can restart it.
+client) and runs the server under `restarter.py`, so the generator can restart it;
+`unmonitored` (`--compare-monitoring`) switches off chatserver's metrics (`[metrics] enabled =
+false`: no /metrics, no delivery-latency or loop-lag observations) and its stall watchdog
+(`[log] slow_callback_ms = 0`), to measure what they cost.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ STREAM_MESSAGE_BYTES = 262_144
 STREAM_LIMITS = {"max_message_bytes": STREAM_MESSAGE_BYTES,
                  "max_frame_bytes": STREAM_MESSAGE_BYTES}
 STORM_USER_PREFIX = "storm"
+UNMONITORED = "unmonitored"  # the variant with metrics and the stall watchdog off
 _NO_PASSWORD = "!"  # the storm's users never log in; no password verifies against this
 
 
@@ -96,17 +100,38 @@ def _limits_section(extra: dict[str, int] | None = None) -> str:
     return "[limits]\n" + "".join(lines) if lines else ""
 
 
+def _monitoring_off() -> tuple[str, str]:
+    """The [log] line and the [metrics] table that switch chatserver's monitoring off.
+
+    Raises when this chatserver (an older `--chatserver-src` tree) has no such keys: its
+    monitoring cannot be switched off, and a run "off" would measure it on."""
+    from chatserver import config  # the installed chatserver's own keys
+
+    metrics = getattr(config, "MetricsConfig", None)
+    missing = [key for key, cls, name in (("[metrics] enabled", metrics, "enabled"),
+                                          ("[log] slow_callback_ms", config.LogConfig,
+                                           "slow_callback_ms"))
+               if cls is None or name not in {f.name for f in dataclasses.fields(cls)}]
+    if missing:
+        raise RuntimeError(f"this chatserver ({config.__file__}) has no {' or '.join(missing)} "
+                           "setting: its metrics and loop-lag monitoring cannot be switched "
+                           "off (an older tree? --compare-monitoring needs one that has them)")
+    return "slow_callback_ms = 0\n", "[metrics]\nenabled = false\n"
+
+
 def chatserver_config(port: int, storage: Storage, processes: int = 1,
-                      limits: dict[str, int] | None = None) -> str:
+                      limits: dict[str, int] | None = None, monitoring: bool = True) -> str:
     """The TOML the brief prescribes: free port, temp store, no rate limit on the publisher,
     no connection caps (one user holds every connection), and login throttling lifted so the
-    ping scenario's logins really verify passwords. `limits`: more [limits] keys."""
+    ping scenario's logins really verify passwords. `limits`: more [limits] keys.
+    `monitoring` False: no metrics and no stall watchdog (`_monitoring_off`)."""
     if storage.dsn:
         store = f'backend = "postgres"\ndsn = {_toml_str(storage.dsn)}\n'
     else:
         store = f"path = {_toml_str(str(storage.sqlite_path))}\n"
     broker = f'[broker]\nbackend = "redis"\nurl = {_toml_str(storage.redis_url)}\n' \
         if storage.redis_url else ""
+    log_off, metrics_off = ("", "") if monitoring else _monitoring_off()
     return (
         "[server]\n"
         f"port = {port}\n"
@@ -125,6 +150,8 @@ def chatserver_config(port: int, storage: Storage, processes: int = 1,
         "address_burst = 100000\n"
         "[log]\n"
         'level = "warning"\n'
+        f"{log_off}"
+        f"{metrics_off}"
     )
 
 
@@ -134,7 +161,8 @@ def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool
     for i, port in enumerate(ports):
         cfg = tmp / f"bench-{i}.toml"
         limits = STREAM_LIMITS if variant == "stream" else None
-        cfg.write_text(chatserver_config(port, storage, processes, limits))
+        cfg.write_text(chatserver_config(port, storage, processes, limits,
+                                         monitoring=variant != UNMONITORED))
         configs.append(cfg)
     argvs = [python_module("chatserver", "--config", str(cfg)) for cfg in configs]
     cli = argvs[0]  # every instance shares the store: users and rooms are made once
@@ -147,6 +175,8 @@ def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool
     notes.append(" ".join(cli + ["user", "token", BENCH_USER]))
     run_cli(cli + ["room", "create", room])
     notes.append(" ".join(cli + ["room", "create", room]))
+    if variant == UNMONITORED:
+        notes.append("monitoring off: [metrics] enabled = false, [log] slow_callback_ms = 0")
     if with_pinger:
         run_cli(cli + ["user", "add", PINGER_USER], stdin=f"{PINGER_PASSWORD}\n".encode())
         add_pinger = " ".join(cli + ["user", "add", PINGER_USER])
