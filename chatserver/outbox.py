@@ -402,21 +402,24 @@ class Outbox:
     def _write_batch(self, sink: FrameSink) -> None:
         """Hand queued frames, up to BATCH_BYTES, to the socket in one write."""
         frames = self._frames
-        if len(frames) == 1 and type(frames[0]) is bytes:  # the usual pass: one message
-            data = frames.popleft()
-            count = 1
+        first = frames[0]
+        if len(frames) == 1 and isinstance(first, bytes):  # the usual pass: one message
+            frames.popleft()
+            data, count = first, 1
         else:
             keyed = self._keyed
             parts: list[bytes] = []
             size = 0
             while frames and size < BATCH_BYTES:
                 entry = frames.popleft()
-                if type(entry) is not bytes:
+                if isinstance(entry, _Entry):
                     if keyed.get(entry.key) is entry:
                         del keyed[entry.key]  # written: later frames no longer touch it
-                    entry = entry.frame
-                parts.append(entry)
-                size += len(entry)
+                    frame = entry.frame
+                else:
+                    frame = entry
+                parts.append(frame)
+                size += len(frame)
             data = parts[0] if len(parts) == 1 else b"".join(parts)
             count = len(parts)
         size = len(data)
