@@ -181,6 +181,14 @@ class _Entry:
 
 
 class Outbox:
+    # Slots: fan-out touches every recipient's outbox once per message and the flusher once
+    # per pass; without an instance dict that is one object less per touch.
+    __slots__ = ("limit_bytes", "coalesce_above", "shed_above", "queued_bytes", "frames_out",
+                 "bytes_out", "writes", "coalesced", "superseded", "shed", "close_code",
+                 "close_reason", "_flusher", "_frames", "_keyed", "_wakeup", "_closing",
+                 "_evicted", "_sink", "_flush_due", "_backed_up", "_in_drain", "_writer",
+                 "_drained", "_drain_threshold")
+
     def __init__(self, limit_bytes: int, flusher: Flusher | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.coalesce_above = min(64 * 1024, limit_bytes // 4)
