@@ -55,11 +55,14 @@ EPHEMERAL_DELAY = 0.1
 # joins two or three deltas in a write).
 DELTA_DELAY = 0.002
 # Pacing: after a pass that took `d` seconds, the next one starts no sooner than
-# `d * FLUSH_PAUSE_RATIO` later (at most FLUSH_PAUSE_MAX). A pass is one socket write per
-# recipient, and a write costs the same for one frame as for several: while a big room is
-# busy, the pause lets the messages that arrive meanwhile share the next write, so the
-# flusher takes at most about a third of the loop and the rest is left to reading sends,
-# acks and joins. A cheap pass (small rooms, quiet server) leaves a pause too short to see.
+# `(d - FLUSH_PAUSE_FREE) * FLUSH_PAUSE_RATIO` later (at most FLUSH_PAUSE_MAX). A pass is one
+# socket write per recipient, and a write costs about the same for one frame as for several:
+# while a big room is busy, the pause lets the messages that arrive meanwhile share the next
+# write, and the flusher takes at most about a third of the loop, the rest being left to
+# reading sends, acks and joins. A pass of a couple of milliseconds (a stream to a few hundred
+# readers, small rooms, a quiet server) is followed at once: the loop is responsive anyway,
+# and a pause would only add to the stream's latency.
+FLUSH_PAUSE_FREE = 0.002
 FLUSH_PAUSE_RATIO = 2.0
 FLUSH_PAUSE_MAX = 0.025
 
@@ -162,7 +165,8 @@ class Flusher:
         # callbacks that ran between them).
         self._sweep_busy += ended - started
         if not split:
-            self._not_before = ended + min(FLUSH_PAUSE_MAX, self._sweep_busy * FLUSH_PAUSE_RATIO)
+            paused = (self._sweep_busy - FLUSH_PAUSE_FREE) * FLUSH_PAUSE_RATIO
+            self._not_before = ended + min(FLUSH_PAUSE_MAX, paused)
             self._sweep_busy = 0.0
         latency = self.latency
         if latency is not None and (latency.local or latency.remote or latency.writing):

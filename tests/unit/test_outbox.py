@@ -13,6 +13,7 @@ from chatserver.outbox import (
     BATCH_BYTES,
     DELTA_DELAY,
     EPHEMERAL_DELAY,
+    FLUSH_PAUSE_FREE,
     FLUSH_PAUSE_MAX,
     FLUSH_PAUSE_RATIO,
     Flusher,
@@ -145,10 +146,11 @@ class SlowSink(RecordingSink):
 
 
 async def test_an_expensive_pass_is_followed_by_a_pause_that_batches_what_arrives() -> None:
-    """After a pass that took `d` seconds, the next waits about `d * FLUSH_PAUSE_RATIO`
-    (at most FLUSH_PAUSE_MAX): messages fanned out meanwhile share one write per socket."""
+    """After a pass that took `d` seconds, the next waits about
+    `(d - FLUSH_PAUSE_FREE) * FLUSH_PAUSE_RATIO` (at most FLUSH_PAUSE_MAX): messages fanned
+    out meanwhile share one write per socket."""
     flusher = Flusher()
-    pass_cost = 0.006  # ten sockets x 0.6 ms
+    pass_cost = 0.008  # ten sockets x 0.8 ms
     pairs = [(Outbox(100_000, flusher), SlowSink(pass_cost / 10)) for _ in range(10)]
     writers = [asyncio.create_task(o.run(s)) for o, s in pairs]
     await asyncio.sleep(0)
@@ -164,7 +166,7 @@ async def test_an_expensive_pass_is_followed_by_a_pause_that_batches_what_arrive
     assert all(sink.writes == 1 for _, sink in pairs), "the pause holds them"
     await asyncio.wait_for(_until(lambda: all(s.writes == 2 for _, s in pairs)), 5)
     pause = pairs[0][1].written_at[1] - first_done
-    expected = min(FLUSH_PAUSE_MAX, pass_cost * FLUSH_PAUSE_RATIO)
+    expected = min(FLUSH_PAUSE_MAX, (pass_cost - FLUSH_PAUSE_FREE) * FLUSH_PAUSE_RATIO)
     assert expected * 0.8 <= pause < expected + 1.0  # late is the loop's, never early
     for outbox, sink in pairs:
         assert sink.frames == [b"first", b"m0", b"m1", b"m2"]
