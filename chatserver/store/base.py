@@ -11,7 +11,9 @@ backend to them):
 - For appends whose futures complete in the same batch, futures are resolved in seq order, in one
   loop callback, so callers resumed in that order publish in seq order.
 - Reads never see a message before its append's transaction committed.
-- Tokens are stored only as hashes; the store never sees a clear-text token or password.
+- Tokens are stored only as hashes; the store never sees a clear-text token or password. That
+  holds for incoming-webhook tokens too, which live in their own table: a hook's token is not an
+  API token and an API token is not a hook's.
 - Writes that would exceed the store's bounded write queue raise `StoreUnavailable` at once
   rather than queueing without bound; an unreachable backend raises `StoreUnavailable` too.
 """
@@ -68,6 +70,22 @@ class RoomListing:
     member: bool
     last_seq: int
     members: tuple[str, ...] = ()  # filled only for direct rooms
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """An incoming webhook: whoever holds its token posts to `room` as the bot user `bot`."""
+
+    id: int
+    room: Room
+    bot: User
+    created_by: int | None  # the user who made it; None for the admin CLI
+    created_at: str  # ISO 8601 UTC like StoredMessage.ts
+    revoked_at: str | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +238,28 @@ class Store(abc.ABC):
     async def rooms_visible_to(self, user_id: int) -> list[RoomListing]:
         """Every public room and every room the user is a member of, by name."""
 
+    # -- incoming webhooks ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_hook(
+        self, room_id: int, bot_id: int, token_hash: str, created_by: int | None
+    ) -> Hook:
+        """Store a hook by its token's hash; `NotFound` for an unknown room or user,
+        `Conflict` if the hash is taken."""
+
+    @abc.abstractmethod
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        """The live hook with this token hash; None when it is unknown or revoked."""
+
+    @abc.abstractmethod
+    async def list_hooks(self) -> list[Hook]:
+        """Every hook, revoked ones included, by id."""
+
+    @abc.abstractmethod
+    async def revoke_hook(self, hook_id: int) -> Hook:
+        """Revoke the hook (idempotent: a second revoke keeps the first time) and return it;
+        `NotFound` for an unknown id."""
+
     # -- messages ---------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -248,6 +288,7 @@ def format_ts(epoch_ms: int) -> str:
 
 
 __all__ = [
+    "Hook",
     "NewMessage",
     "Room",
     "RoomKind",

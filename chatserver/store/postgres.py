@@ -26,6 +26,7 @@ import asyncpg  # type: ignore[import-untyped]  # no py.typed: asyncpg objects a
 
 from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from chatserver.store.base import (
+    Hook,
     NewMessage,
     Room,
     RoomKind,
@@ -60,6 +61,11 @@ DEFAULT_TIMEOUT = 5.0  # seconds: connect, acquire and statement bound while the
 _USER = "u.id, u.name, u.is_admin, u.disabled, u.is_bot"
 _ROOM = "r.id, r.name, r.kind, r.created_by"
 _MESSAGE = "m.seq, m.id, m.user_name, m.text, m.html, m.ts, m.stream, m.aborted, r.name"
+# A hook with its room and bot: columns 0-3 the room, 4-8 the bot (as _ROOM and _USER), then
+# the hook's own.
+_HOOK_COLUMNS = f"{_ROOM}, {_USER}, h.id, h.created_by, h.created_at, h.revoked_at"
+_HOOK_JOINS = "JOIN rooms r ON r.id = h.room_id JOIN users u ON u.id = h.bot_id"
+_HOOK = f"SELECT {_HOOK_COLUMNS} FROM hooks h {_HOOK_JOINS}"
 
 
 def _now_ms() -> int:
@@ -85,6 +91,17 @@ def _message(row: Any) -> StoredMessage:
         ts=format_ts(row[5]),
         stream=row[6],
         aborted=row[7],
+    )
+
+
+def _hook(row: Any) -> Hook:
+    return Hook(
+        id=row[9],
+        room=Room(id=row[0], name=row[1], kind=cast(RoomKind, row[2]), created_by=row[3]),
+        bot=User(id=row[4], name=row[5], is_admin=row[6], disabled=row[7], is_bot=row[8]),
+        created_by=row[10],
+        created_at=format_ts(row[11]),
+        revoked_at=format_ts(row[12]) if row[12] is not None else None,
     )
 
 
@@ -430,6 +447,50 @@ class PostgresStore(Store):
             )
             for row in rows
         ]
+
+    # -- incoming webhooks ---------------------------------------------------------------------
+
+    async def create_hook(
+        self, room_id: int, bot_id: int, token_hash: str, created_by: int | None
+    ) -> Hook:
+        # One statement: the hook is inserted and read back with its room and bot atomically.
+        row = await self._write(
+            lambda c: c.fetchrow(
+                "WITH h AS ("
+                "  INSERT INTO hooks (token_hash, room_id, bot_id, created_by, created_at)"
+                "  VALUES ($1, $2, $3, $4, $5) RETURNING *"
+                f") SELECT {_HOOK_COLUMNS} FROM h {_HOOK_JOINS}",
+                token_hash, room_id, bot_id, created_by, _now_ms(),
+            ),
+            conflict="that hook token already exists",
+            not_found="no such room or user",
+        )
+        return _hook(row)
+
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        sql = f"{_HOOK} WHERE h.token_hash = $1 AND h.revoked_at IS NULL"
+        row = await self._run(lambda c: c.fetchrow(sql, token_hash))
+        return _hook(row) if row else None
+
+    async def list_hooks(self) -> list[Hook]:
+        rows = await self._run(lambda c: c.fetch(f"{_HOOK} ORDER BY h.id"))
+        return [_hook(row) for row in rows]
+
+    async def revoke_hook(self, hook_id: int) -> Hook:
+        # COALESCE keeps the first revocation's time; RETURNING through a CTE gives the row
+        # with its room and bot in the same statement.
+        row = await self._write(
+            lambda c: c.fetchrow(
+                "WITH h AS ("
+                "  UPDATE hooks SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2"
+                "  RETURNING *"
+                f") SELECT {_HOOK_COLUMNS} FROM h {_HOOK_JOINS}",
+                _now_ms(), hook_id,
+            )
+        )
+        if row is None:
+            raise NotFound(f"no hook with id {hook_id}")
+        return _hook(row)
 
     # -- messages ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from chatserver.errors import Conflict, NotFound, StoreUnavailable
 from chatserver.store.base import (
+    Hook,
     NewMessage,
     Room,
     RoomKind,
@@ -44,6 +45,11 @@ T = TypeVar("T")
 _USER = "u.id, u.name, u.is_admin, u.disabled, u.is_bot"
 _ROOM = "r.id, r.name, r.kind, r.created_by"
 _MESSAGE = "m.seq, m.id, m.user_name, m.text, m.html, m.ts, m.stream, m.aborted, r.name"
+# A hook with its room and bot: columns 0-3 the room, 4-8 the bot (as _ROOM and _USER), then
+# the hook's own.
+_HOOK_COLUMNS = f"{_ROOM}, {_USER}, h.id, h.created_by, h.created_at, h.revoked_at"
+_HOOK_JOINS = "JOIN rooms r ON r.id = h.room_id JOIN users u ON u.id = h.bot_id"
+_HOOK = f"SELECT {_HOOK_COLUMNS} FROM hooks h {_HOOK_JOINS}"
 
 
 def _now_ms() -> int:
@@ -71,6 +77,17 @@ def _message(row: sqlite3.Row | tuple[Any, ...]) -> StoredMessage:
         ts=format_ts(row[5]),
         stream=row[6],
         aborted=bool(row[7]),
+    )
+
+
+def _hook(row: sqlite3.Row | tuple[Any, ...]) -> Hook:
+    return Hook(
+        id=row[9],
+        room=_room(row[0:4]),
+        bot=_user(row[4:9]),
+        created_by=row[10],
+        created_at=format_ts(row[11]),
+        revoked_at=format_ts(row[12]) if row[12] is not None else None,
     )
 
 
@@ -402,6 +419,49 @@ class SqliteStore(Store):
 
     async def rooms_visible_to(self, user_id: int) -> list[RoomListing]:
         return await self._read(lambda conn: _rooms_visible_to(conn, user_id))
+
+    # -- incoming webhooks ---------------------------------------------------------------------
+
+    async def create_hook(
+        self, room_id: int, bot_id: int, token_hash: str, created_by: int | None
+    ) -> Hook:
+        def job(conn: sqlite3.Connection) -> Hook:
+            try:
+                row = _one(
+                    conn,
+                    "INSERT INTO hooks (token_hash, room_id, bot_id, created_by, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (token_hash, room_id, bot_id, created_by, _now_ms()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _constraint_error(
+                    exc, "that hook token already exists", "no such room or user"
+                ) from None
+            return _hook(_one(conn, f"{_HOOK} WHERE h.id = ?", (row[0],)))
+
+        return await self.run_in_writer(job)
+
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        sql = f"{_HOOK} WHERE h.token_hash = ? AND h.revoked_at IS NULL"
+        row = await self._read(lambda c: _one(c, sql, (token_hash,)))
+        return _hook(row) if row else None
+
+    async def list_hooks(self) -> list[Hook]:
+        rows = await self._read(lambda c: c.execute(f"{_HOOK} ORDER BY h.id").fetchall())
+        return [_hook(row) for row in rows]
+
+    async def revoke_hook(self, hook_id: int) -> Hook:
+        def job(conn: sqlite3.Connection) -> Hook:
+            conn.execute(
+                "UPDATE hooks SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (_now_ms(), hook_id),
+            )
+            row = _one(conn, f"{_HOOK} WHERE h.id = ?", (hook_id,))
+            if row is None:
+                raise NotFound(f"no hook with id {hook_id}")
+            return _hook(row)
+
+        return await self.run_in_writer(job)
 
     # -- messages ------------------------------------------------------------------------------
 
