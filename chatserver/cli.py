@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import secrets
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
+from chatserver import hooks
 from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token
-from chatserver.config import Config, ConfigError, load_config
+from chatserver.config import Config, ConfigError, ServerConfig, load_config
 from chatserver.errors import ChatError
 from chatserver.protocol import USER_NAME
 from chatserver.rooms import Rooms
@@ -51,7 +54,69 @@ def build_parser() -> argparse.ArgumentParser:
     member = room.add_parser("add-member", help="add a user to a room")
     member.add_argument("room")
     member.add_argument("user")
+
+    hook = commands.add_parser("hook", help="manage incoming webhooks").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    hook_create = hook.add_parser(
+        "create", help="make an incoming webhook for a room and print its URL (shown once)",
+        description="Make an incoming webhook: POST {\"text\": \"...\"} to the printed URL "
+        "posts to ROOM as a bot user. The URL is printed once on stdout; only a hash of its "
+        "token is kept.")
+    hook_create.add_argument("room")
+    hook_create.add_argument(
+        "--name", metavar="NAME",
+        help="the bot user the hook posts as, made if missing (default: hook-<room>, cut to "
+        "32 characters); an existing user must be a bot")
+    hook_create.add_argument(
+        "--base-url", metavar="URL", type=_base_url,
+        help="the server's public URL, e.g. https://chat.example.com (default: "
+        "http://<[server] host>:<[server] port> from the configuration, 127.0.0.1 for a "
+        "wildcard host)")
+    hook.add_parser("list", help="list every webhook: id, room, bot, created, state")
+    hook.add_parser("revoke", help="revoke a webhook; its URL answers 404 from the next "
+                    "request on").add_argument("id", type=_hook_id)
     return parser
+
+
+def _base_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an http:// or https:// URL like https://chat.example.com")
+    if parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(f"{value!r} must have no query or fragment")
+    return value.rstrip("/")
+
+
+def _hook_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a hook id (see 'hook list')")
+    return number
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def derived_base_url(server: ServerConfig) -> str:
+    """The URL the server listens on per its configuration; a wildcard host becomes loopback,
+    which only works on this machine (hence `--base-url`)."""
+    host = server.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{server.port}"
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{shown}:{server.port}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return supervisor.run(config)
         return daemon.run(config)
     action = _ADMIN[(command, getattr(args, "action", None))]
+    if command == "hook" and args.action == "create" and args.base_url is None:
+        args.base_url = derived_base_url(config.server)
+        if _is_wildcard(config.server.host):
+            print(f"chatserver: [server] host {config.server.host} listens on every address; "
+                  "the URL uses loopback, pass --base-url for one others can reach",
+                  file=sys.stderr)
     try:
         return asyncio.run(_with_store(config, lambda store: action(store, args),
                                        open_store=command != "migrate"))
@@ -157,6 +228,34 @@ async def _room_add_member(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _hook_create(store: Store, args: argparse.Namespace) -> int:
+    hook, token = await hooks.create(store, args.room, args.name, None)
+    # Only the URL on stdout, so `URL=$(chatserver hook create ops)` works.
+    print(hooks.hook_url(args.base_url, token))
+    print(f"created hook {hook.id}: posts to {hook.room.kind} room {hook.room.name} as bot "
+          f"{hook.bot.name}; the URL is the secret and is not shown again", file=sys.stderr)
+    return 0
+
+
+async def _hook_list(store: Store, args: argparse.Namespace) -> int:
+    found = await store.list_hooks()
+    if not found:
+        print("no hooks; make one with 'hook create ROOM'", file=sys.stderr)
+    for hook in found:
+        state = f"revoked {hook.revoked_at}" if hook.revoked_at else "active"
+        if not hook.revoked and hook.bot.disabled:
+            state = "bot disabled"
+        print(f"{hook.id}\t{hook.room.name}\t{hook.bot.name}\t{hook.created_at}\t{state}")
+    return 0
+
+
+async def _hook_revoke(store: Store, args: argparse.Namespace) -> int:
+    hook = await store.revoke_hook(args.id)
+    print(f"revoked hook {hook.id} (room {hook.room.name}, bot {hook.bot.name}); its URL now "
+          "answers 404", file=sys.stderr)
+    return 0
+
+
 _ADMIN: dict[tuple[str, str | None], Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
     ("migrate", None): _migrate,
     ("user", "add"): _user_add,
@@ -164,4 +263,7 @@ _ADMIN: dict[tuple[str, str | None], Callable[[Store, argparse.Namespace], Await
     ("user", "disable"): _user_disable,
     ("room", "create"): _room_create,
     ("room", "add-member"): _room_add_member,
+    ("hook", "create"): _hook_create,
+    ("hook", "list"): _hook_list,
+    ("hook", "revoke"): _hook_revoke,
 }

@@ -1,4 +1,5 @@
-"""HTTP routes (PROTOCOL section 7): login, rooms, history, posting, health and readiness.
+"""HTTP routes (PROTOCOL section 7): login, rooms, history, posting, incoming webhooks, health
+and readiness.
 
 Errors are JSON `{"error": "<code>", "message": "..."}` with the matching status, produced by
 one middleware from the same `ChatError` classes the WebSocket path uses.
@@ -14,10 +15,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatserver import auth, protocol
+from chatserver import auth, hooks, protocol
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
-from chatserver.errors import BadRequest, ChatError, RateLimited, Unavailable
+from chatserver.errors import (
+    BadRequest,
+    ChatError,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+)
 from chatserver.handlers import check_send_rate, read_history
 from chatserver.store.base import RoomListing, TokenInfo, User
 
@@ -55,8 +63,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, loggable_path(request))
         return json_response({"error": "internal", "message": "internal error; logged"}, 500)
+
+
+def loggable_path(request: web.BaseRequest) -> str:
+    """The path, but a webhook's: its token is the credential and must never be logged."""
+    path = request.path
+    return "/hooks/{token}" if path.startswith("/hooks/") else path
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -200,6 +214,38 @@ async def post_message(request: web.Request) -> web.StreamResponse:
                           "ts": stored.ts}, 201)
 
 
+async def _bounded_body(request: web.Request, limit: int) -> bytes:
+    """The body, or `TooLarge` once it passes `limit` bytes (read no further than that)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"the request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def post_hook(request: web.Request) -> web.StreamResponse:
+    """`POST /hooks/{token}`: post the body's text to the hook's room as its bot, answered once
+    the message is durable (docs/protocol.md, "Incoming webhooks")."""
+    ctx = _ctx(request)
+    hook = await ctx.store.hook_by_token(auth.hash_token(request.match_info["token"]))
+    if hook is None or hook.bot.disabled:
+        # Unknown, revoked and disabled look alike, so a prober learns nothing from the answer.
+        raise NotFound("no such hook (unknown or revoked)")
+    limits = ctx.config.limits
+    body = await _bounded_body(
+        request, hooks.body_limit(limits.max_message_bytes, limits.max_frame_bytes))
+    text = hooks.parse_body(body, request.content_type, limits.max_message_bytes)
+    # Per hook, with the users' send rate; no user name contains ':', so keys never collide.
+    check_send_rate(ctx, f"hook:{hook.id}")
+    stored = await ctx.messages.post(hook.room, hook.bot, text)
+    return json_response({"ok": True, "room": stored.room, "seq": stored.seq, "id": stored.id,
+                          "ts": stored.ts})
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     # Answered by the event loop itself: a blocked loop fails this check by timing out.
     return json_response({"status": "ok"})
@@ -230,5 +276,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms/{room}/messages", get_messages)
     app.router.add_post("/api/rooms/{room}/messages", post_message)
     app.router.add_post("/api/direct", direct)
+    app.router.add_post("/hooks/{token}", post_hook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
