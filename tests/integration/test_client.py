@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
-from chatserver.client import ChatClient, ChatClientError
-from tests.integration.conftest import Chat
+import pytest
+
+from chatserver.client import (
+    AuthenticationFailed,
+    ChatClient,
+    ChatClientError,
+    ConnectionLost,
+    RateLimited,
+    ServerError,
+    TooLarge,
+    Unreachable,
+    http_url,
+    reconnect_delay,
+    websocket_url,
+)
+from chatserver.config import RateConfig
+from tests.integration.conftest import Chat, ChatFactory
+
+FAST = {"backoff_base": 0.05, "going_away_delay": (0.05, 0.1)}
 
 
 async def _next_messages(client: ChatClient, count: int) -> list[dict[str, object]]:
@@ -22,7 +41,7 @@ async def test_client_resumes_after_the_server_closes_its_connection(chat: Chat)
     token = await chat.user("alice")
     await chat.room("general")
     url = str(chat.client.make_url("/ws"))
-    async with ChatClient(url, token, backoff_base=0.05) as client:
+    async with ChatClient(url, token, **FAST) as client:
         await client.join("general")
         first = await client.send("general", "one")
         assert first["seq"] == 1
@@ -73,3 +92,244 @@ async def test_waiting_for_a_message_with_a_timeout_loses_nothing(chat: Chat) ->
         await client.send("general", "late")
         message = await asyncio.wait_for(iterator.__anext__(), 10)
         assert message["text"] == "late"
+
+
+def test_reconnect_delay_spreads_1001_and_1013_and_honours_retry_after() -> None:
+    """After a 1001 or 1013 close the first reconnect waits a random 0.5-5 s; any other drop
+    waits a full-jitter exponential backoff; a server's Retry-After is a floor."""
+    rng = random.Random(7)
+    for code in (1001, 1013):
+        delays = [reconnect_delay(0, close_code=code, rng=rng) for _ in range(200)]
+        assert all(0.5 <= d <= 5.0 for d in delays) and max(delays) - min(delays) > 3
+    dropped = [reconnect_delay(0, base=0.5, close_code=1006, rng=rng) for _ in range(200)]
+    assert all(0 <= d <= 0.5 for d in dropped)
+    assert all(0 <= reconnect_delay(20, base=0.5, cap=30, rng=rng) <= 30 for _ in range(50))
+    assert all(reconnect_delay(0, retry_after=3.0, rng=rng) >= 3.0 for _ in range(50))
+
+
+def test_server_urls_map_between_http_and_websocket() -> None:
+    """An http(s) server URL gets its ws(s) `/ws` URL and back; other schemes are refused."""
+    assert websocket_url("http://h:8080") == "ws://h:8080/ws"
+    assert websocket_url("https://h/chat/") == "wss://h/chat/ws"
+    assert websocket_url("http://h:1/ws") == "ws://h:1/ws"
+    assert websocket_url("ws://h:1/ws") == "ws://h:1/ws"
+    assert http_url("wss://h/chat/ws") == "https://h/chat"
+    with pytest.raises(ValueError, match="ftp://h"):
+        websocket_url("ftp://h")
+
+
+async def test_a_1013_close_reconnects_after_the_spread_delay_and_resumes(chat: Chat) -> None:
+    """After a 1013 close the client waits at least the spread delay before reconnecting,
+    fails the request in flight with ConnectionLost, and resumes without a gap."""
+    token = await chat.user("alice")
+    await chat.room("general")
+    url = str(chat.client.make_url("/ws"))
+    async with ChatClient(url, token, backoff_base=0.01, going_away_delay=(0.3, 0.35)) as client:
+        await client.join("general")
+        writer = await chat.ws(token)
+        closed_at = time.monotonic()
+        for session in chat.ctx.connections:
+            if session.conn_id == client.hello["conn"]:
+                session.outbox.close(1013, "try again later")
+        await writer.say("general", "while away")
+        message = await asyncio.wait_for(client.messages().__anext__(), 10)
+        assert message["text"] == "while away" and client.reconnects == 1
+        assert time.monotonic() - closed_at >= 0.3
+
+
+async def test_a_bad_token_fails_connect_at_once_without_retrying(chat: Chat) -> None:
+    """A token the server refuses (401) raises AuthenticationFailed from connect() at once,
+    however long connect_timeout allows: a 401 is not a network problem."""
+    url = str(chat.client.make_url("/ws"))
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as refused:
+        async with ChatClient(url, "not-a-token", connect_timeout=30):
+            pass
+    assert refused.value.code == "unauthorized" and "401" in str(refused.value)
+    assert isinstance(refused.value, ChatClientError)
+    assert time.monotonic() - started < 5
+
+
+async def test_a_refused_upgrade_with_retry_after_past_the_deadline_is_unreachable(
+        make_chat: ChatFactory) -> None:
+    """A 503 whose Retry-After lies past connect_timeout ends connect() with Unreachable
+    naming the status and carrying the hint, instead of sleeping past the deadline."""
+    chat = await make_chat(connections_per_user=1)
+    token = await chat.user("alice")
+    holder = await chat.ws(token)
+    url = str(chat.client.make_url("/ws"))
+    with pytest.raises(Unreachable) as refused:
+        async with ChatClient(url, token, connect_timeout=2, backoff_base=0.01):
+            pass
+    assert "HTTP 503" in str(refused.value)
+    assert refused.value.retry_after is not None and refused.value.retry_after >= 5
+    await holder.close()
+
+
+async def test_an_unreachable_server_fails_within_connect_timeout() -> None:
+    """With nothing listening, connect() retries until connect_timeout, then raises
+    Unreachable naming the URL."""
+    from tests.system.daemon import free_port
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match=f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/ws"):
+        async with ChatClient(url, "token", connect_timeout=0.5, backoff_base=0.05):
+            pass
+    assert time.monotonic() - started < 5
+
+
+async def test_rate_limited_errors_carry_the_retry_hint(make_chat: ChatFactory) -> None:
+    """A `rate_limited` refusal raises RateLimited (a ServerError) with `retry_after`."""
+    chat = await make_chat(rate=RateConfig(per_second=0.5, burst=1))
+    token = await chat.user("alice")
+    await chat.room("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
+        await client.send("general", "one")
+        with pytest.raises(RateLimited) as limited:
+            await client.send("general", "two")
+    assert isinstance(limited.value, ServerError) and limited.value.code == "rate_limited"
+    assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 2
+
+
+async def test_stream_sends_pieces_live_and_stores_one_message(chat: Chat) -> None:
+    """Inside `stream()` each write reaches readers at once; leaving the block stores the
+    whole text as one message and sets the stream's ack."""
+    bot, reader_token = await chat.user("bot"), await chat.user("reader")
+    await chat.room("general")
+    reader = await chat.ws(reader_token)
+    await reader.join("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
+        async with client.stream("general") as stream:
+            assert (await reader.recv_op("stream_start"))["stream"] == stream.id
+            for piece in ("Hel", "lo"):
+                await stream.write(piece)
+                assert (await reader.recv_op("stream_delta"))["text"] == piece
+        assert stream.ack is not None and stream.ack["seq"] == 1 and not stream.discarded
+    final = await reader.recv_op("message")
+    assert final["text"] == "Hello" and final["stream"] == stream.id and "aborted" not in final
+
+
+async def test_a_stream_block_that_raises_before_writing_stores_nothing(chat: Chat) -> None:
+    """An exception inside `stream()` before any write discards the stream: readers get
+    `stream_end` with `discarded`, and nothing is stored."""
+    bot, reader_token = await chat.user("bot"), await chat.user("reader")
+    await chat.room("general")
+    reader = await chat.ws(reader_token)
+    await reader.join("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
+        with pytest.raises(RuntimeError, match="model failed"):
+            async with client.stream("general") as stream:
+                raise RuntimeError("model failed")
+        assert stream.discarded and stream.ack is None
+        assert (await reader.recv_op("stream_end"))["discarded"] is True
+        assert (await client.history("general"))["messages"] == []
+
+
+async def test_a_stream_block_that_raises_after_writing_ends_aborted(chat: Chat) -> None:
+    """An exception inside `stream()` after a write leaves the stream to the server: when the
+    client closes, the text so far is stored marked `aborted`."""
+    bot, reader_token = await chat.user("bot"), await chat.user("reader")
+    await chat.room("general")
+    reader = await chat.ws(reader_token)
+    await reader.join("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
+        with pytest.raises(RuntimeError):
+            async with client.stream("general") as stream:
+                await stream.write("half an ans")
+                raise RuntimeError("model failed")
+        assert not stream.ended
+    final = await reader.recv_op("message")
+    assert final["text"] == "half an ans" and final["aborted"] is True
+
+
+async def test_stream_refuses_text_past_the_limit_and_stays_usable(
+        make_chat: ChatFactory) -> None:
+    """A write that would pass max_message_bytes raises TooLarge without sending; the stream
+    goes on and ends with the text written before and after."""
+    chat = await make_chat(max_message_bytes=10)
+    token = await chat.user("bot")
+    await chat.room("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
+        async with client.stream("general") as stream:
+            await stream.write("12345")
+            with pytest.raises(TooLarge):
+                await stream.write("678901")
+            await stream.write("678")
+        page = await client.history("general")
+    assert [m["text"] for m in page["messages"]] == ["12345678"]
+
+
+async def test_a_refused_delta_is_raised_by_the_next_call(chat: Chat) -> None:
+    """A delta the server refuses (here: a NUL character) is raised as its ServerError by
+    the next write or end, with the stored message lacking that piece."""
+    token = await chat.user("bot")
+    await chat.room("general")
+    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
+        stream = await client.start_stream("general")
+        await stream.write("ok")
+        await stream.write("bad\x00")
+        with pytest.raises(ServerError) as refused:
+            await stream.end()
+        assert refused.value.code == "bad_request" and stream.ack is not None
+        page = await client.history("general")
+    assert [m["text"] for m in page["messages"]] == ["ok"]
+
+
+async def test_history_over_http_pages_and_names_errors(chat: Chat) -> None:
+    """`history()` reads pages over HTTP without connecting; a missing room raises NotFound
+    (a ServerError) and a bad token AuthenticationFailed."""
+    token = await chat.user("alice")
+    await chat.room("general")
+    writer = await chat.ws(token)
+    for i in range(5):
+        await writer.say("general", f"m{i}")
+    base = str(chat.client.make_url("/"))
+    client = ChatClient(base, token)
+    try:
+        page = await client.history("general", before=5, limit=2)
+        assert [m["seq"] for m in page["messages"]] == [3, 4] and page["more"]
+        later = await client.history("general", after=3)
+        assert [m["text"] for m in later["messages"]] == ["m3", "m4"] and not later["more"]
+        with pytest.raises(ServerError) as missing:
+            await client.history("nosuch")
+        assert missing.value.code == "not_found"
+        with pytest.raises(AuthenticationFailed):
+            await ChatClient(base, "bad-token").history("general")
+    finally:
+        await client.close()
+
+
+async def test_a_truncated_resume_is_completed_from_history(make_chat: ChatFactory) -> None:
+    """`join(after=…)` past `replay_max` still yields every missed message once, in order,
+    followed by live ones."""
+    chat = await make_chat(replay_max=3)
+    token = await chat.user("alice")
+    await chat.room("general")
+    writer = await chat.ws(token)
+    for i in range(1, 9):
+        await writer.say("general", f"m{i}")
+    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
+        joined = await client.join("general", after=1)
+        assert joined.get("truncated") is True
+        await writer.say("general", "m9")
+        got = await _next_messages(client, 8)
+    assert [(m["seq"], m["text"]) for m in got] == [(i, f"m{i}") for i in range(2, 10)]
+
+
+async def test_requests_fail_with_connection_lost_and_messages_end_on_close(chat: Chat
+                                                                           ) -> None:
+    """After close(), requests raise ConnectionLost and `messages()` ends once drained."""
+    token = await chat.user("alice")
+    await chat.room("general")
+    client = ChatClient(str(chat.client.make_url("/ws")), token)
+    await client.connect()
+    await client.join("general")
+    await client.send("general", "last")
+    iterator = client.messages()
+    assert (await asyncio.wait_for(iterator.__anext__(), 10))["text"] == "last"
+    waiter = asyncio.ensure_future(iterator.__anext__())
+    await client.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiter, 5)
+    with pytest.raises(ConnectionLost):
+        await client.send("general", "after close")
