@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.benchlib_import import benchlib
+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,19 +240,10 @@ def test_profile_summarizes_chatserver_functions(tmp_path: Path) -> None:
     assert "## profile of chatserver" in stdout
 
 
-def _benchlib(name: str) -> Any:
-    """A benchlib module imported as part of its package (it uses relative imports)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        return importlib.import_module(f"benchlib.{name}")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-
-
 def test_issue5_targets_from_capacity_steps() -> None:
     """A capacity run checks issue 5's targets at its 100 msgs/s step (p99 vs calibration) and
     its 50 msgs/s step (CPU per delivery), and says when a run has no step at that rate."""
-    outcome = _benchlib("outcome")
+    outcome = benchlib("outcome")
 
     def step(rate: float, p99: float, cpu_us: float, cpu_pct: float) -> dict[str, Any]:
         return {"rate": rate, "members": 1000, "latency_ms": {"p99": p99},
@@ -276,7 +269,7 @@ def test_issue5_targets_from_capacity_steps() -> None:
 def test_profile_summary_folds_collapsed_stacks() -> None:
     """py-spy's raw lines fold into own time (innermost frame) and inclusive time (anywhere on
     the stack, once per sample), per thread and for all threads."""
-    pyspy = _benchlib("pyspy")
+    pyspy = benchlib("pyspy")
     raw = ["thread (1): MainThread;run (a.py:1);fanout (hub.py:5);write (outbox.py:9) 6",
            "thread (1): MainThread;run (a.py:1);fanout (hub.py:5) 3",
            "thread (1): MainThread;run (a.py:1);f (r.py:2);f (r.py:2) 1",
@@ -368,21 +361,10 @@ def test_small_storm_resumes_every_client_after_a_restart(tmp_path: Path) -> Non
     assert "Target: event-loop lag p99 < 100 ms during the storm" in stdout
 
 
-def _load_benchlib(name: str) -> Any:
-    """A benchlib module that needs nothing but the standard library, loaded by path."""
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", ROOT / "scripts" / "benchlib" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # the dataclass decorator looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_loop_lag_percentile_from_two_scrapes() -> None:
     """The storm's loop-lag p99: bucket deltas between two scrapes, reported as the bound of
     the bucket the 99th percentile falls in."""
-    promtext = _load_benchlib("promtext")
+    promtext = benchlib("promtext")
 
     def scrape(counts: list[int]) -> str:
         bounds = ["0.01", "0.05", "0.1", "0.25", "+Inf"]
@@ -404,7 +386,7 @@ def test_loop_lag_percentile_from_two_scrapes() -> None:
 
 def test_rate_search_doubles_then_bisects() -> None:
     """The capacity scenario's step search, on a server that passes up to 100 msgs/s."""
-    RateSearch = _load_benchlib("ratesearch").RateSearch  # noqa: N806 - a class, named as such
+    RateSearch = benchlib("ratesearch").RateSearch  # noqa: N806 - a class, named as such
     search = RateSearch(start=10, max_rate=1000, refine=3, floor=1)
     tried = []
     while (rate := search.next_rate()) is not None:

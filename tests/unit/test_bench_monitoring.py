@@ -3,8 +3,6 @@ config of the "off" variant, and the arithmetic of its cost and target."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,23 +11,15 @@ import pytest
 
 import chatserver.config
 from chatserver.config import parse_config
+from tests.benchlib_import import benchlib
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _benchlib(name: str) -> Any:
-    """A benchlib module imported as part of its package (it uses relative imports)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        return importlib.import_module(f"benchlib.{name}")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-
-
-cli = _benchlib("cli")
-outcome = _benchlib("outcome")
-plan = _benchlib("plan")
-targets = _benchlib("targets")
+cli = benchlib("cli")
+outcome = benchlib("outcome")
+plan = benchlib("plan")
+targets = benchlib("targets")
 
 
 def test_pairs_alternate_on_and_off_in_one_section() -> None:
