@@ -204,3 +204,29 @@ def test_migrate_is_idempotent(daemon: Daemon) -> None:
     daemon.start()
     assert "up to date" in daemon.cli_ok("migrate")
     assert daemon.token("gina")
+
+
+
+async def test_hook_create_prints_a_working_url_and_hook_revoke_stops_it(server: Daemon) -> None:
+    """`hook create ROOM` prints only a URL on stdout, built from [server] host and port; a
+    JSON post to it is stored (seq 1 of the room); `hook list` shows the hook active as the bot
+    `hook-<room>`, and after `hook revoke ID` the URL answers 404."""
+    # Each CLI call is a Python start-up (about a second): the test makes only four.
+    await to_thread(server.cli_ok, "room", "create", "deploys")
+    url = (await to_thread(server.cli_ok, "hook", "create", "deploys")).strip()
+    assert url.startswith(server.base_url + "/hooks/") and "\n" not in url, url
+    path = url[len(server.base_url):]
+    async with server.http_session() as http:
+        async with http.post(path, json={"text": "v1.2 **shipped**"}) as reply:
+            assert reply.status == 200, await reply.text()
+            assert {k: v for k, v in (await reply.json()).items() if k in ("room", "seq")} == {
+                "room": "deploys", "seq": 1}
+
+        listed = (await to_thread(server.cli_ok, "hook", "list")).splitlines()
+        assert len(listed) == 1 and listed[0].split("\t")[1:3] == ["deploys", "hook-deploys"]
+        assert listed[0].endswith("\tactive"), listed
+        await to_thread(server.cli_ok, "hook", "revoke", listed[0].split("\t")[0])
+
+        async with http.post(path, json={"text": "after revoke"}) as reply:
+            assert reply.status == 404
+            assert (await reply.json())["error"] == "not_found"
