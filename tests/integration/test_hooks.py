@@ -4,14 +4,17 @@ bad bodies get 400 with the reason; unknown, revoked and disabled hooks look ali
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from chatserver import hooks
+from chatserver import cli, hooks
 from chatserver.config import RateConfig
 from chatserver.errors import Forbidden
 from chatserver.store.base import Hook
@@ -211,3 +214,41 @@ async def test_store_that_cannot_commit_answers_503_and_nothing_is_stored(chat: 
     status, body, _ = await _post(chat, secret, {"text": "kept"})
     assert (status, body["seq"]) == (200, 1), body
     assert [m["text"] for m in await _history(chat, "general")] == ["kept"]
+
+
+def test_cli_prints_the_url_from_base_url_or_config_and_refuses_what_it_cannot_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hook create` prints `<base>/hooks/<token>` from `--base-url`, else from [server] host
+    and port (loopback, with a warning, for a wildcard host); a bad URL is usage (exit 2); a
+    human's name, an unknown room or an unknown hook id exit 1 naming it."""
+    config = tmp_path / "chat.toml"
+    config.write_text(f'[server]\nhost = "0.0.0.0"\nport = 9999\n[store]\n'
+                      f'path = {orjson.dumps(str(tmp_path / "chat.db")).decode()}\n')
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--config", str(config), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-enough-password\n"))
+    assert run("user", "add", "bob")[0] == 0
+    assert run("room", "create", "general")[0] == 0
+    code, out, err = run("hook", "create", "general")
+    assert code == 0 and re.fullmatch(r"http://127\.0\.0\.1:9999/hooks/[\w-]{43}\n", out), out
+    assert "--base-url" in err
+    code, out, _ = run("hook", "create", "general", "--name", "ci", "--base-url",
+                       "https://chat.example.com/")
+    assert code == 0 and re.fullmatch(r"https://chat\.example\.com/hooks/[\w-]{43}\n", out), out
+    for args, named in ((("hook", "create", "general", "--name", "bob"), "not a bot"),
+                        (("hook", "create", "nosuch"), "nosuch"),
+                        (("hook", "revoke", "99"), "99")):
+        code, out, err = run(*args)
+        assert (code, out) == (1, "") and named in err, (args, err)
+    with pytest.raises(SystemExit) as usage:
+        run("hook", "create", "general", "--base-url", "ftp://chat.example.com")
+    assert usage.value.code == 2
+    assert "http:// or https://" in capsys.readouterr().err
+    code, out, _ = run("hook", "list")
+    assert [line.split("\t")[1:3] for line in out.splitlines()] == [
+        ["general", "hook-general"], ["general", "ci"]]
