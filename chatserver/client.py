@@ -695,6 +695,8 @@ class Stream:
                             f"the streamed text would pass max_message_bytes ({limit} bytes); "
                             f"this piece ({size} bytes) was not sent"})
         ws = self._client._ws_for(self._generation)
+        # Counted when sent: a piece the server later refuses still counts here, so this
+        # check errs on the strict side (the refusal does not say which piece it was).
         frame = {"op": "stream_delta", "stream": self.id, "text": text, "ref": self.ref}
         try:
             await ws.send_str(orjson.dumps(frame).decode())

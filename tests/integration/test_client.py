@@ -137,33 +137,34 @@ async def test_a_1013_close_reconnects_after_the_spread_delay_and_resumes(chat: 
         assert time.monotonic() - closed_at >= 0.3
 
 
-async def test_a_bad_token_fails_connect_at_once_without_retrying(chat: Chat) -> None:
-    """A token the server refuses (401) raises AuthenticationFailed from connect() at once,
-    however long connect_timeout allows: a 401 is not a network problem."""
+async def test_refusals_map_to_the_exception_hierarchy(make_chat: ChatFactory) -> None:
+    """A refused token (401) raises AuthenticationFailed at once, however long
+    connect_timeout allows; a 503 whose Retry-After lies past connect_timeout raises
+    Unreachable naming the status, with the hint; `rate_limited` raises RateLimited with
+    `retry_after`. All are ChatClientErrors."""
+    chat = await make_chat(connections_per_user=1, rate=RateConfig(per_second=0.5, burst=1))
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
     url = str(chat.client.make_url("/ws"))
     started = time.monotonic()
     with pytest.raises(AuthenticationFailed) as refused:
         async with ChatClient(url, "not-a-token", connect_timeout=30):
             pass
     assert refused.value.code == "unauthorized" and "401" in str(refused.value)
-    assert isinstance(refused.value, ChatClientError)
-    assert time.monotonic() - started < 5
-
-
-async def test_a_refused_upgrade_with_retry_after_past_the_deadline_is_unreachable(
-        make_chat: ChatFactory) -> None:
-    """A 503 whose Retry-After lies past connect_timeout ends connect() with Unreachable
-    naming the status and carrying the hint, instead of sleeping past the deadline."""
-    chat = await make_chat(connections_per_user=1)
-    token = await chat.user("alice")
-    holder = await chat.ws(token)
-    url = str(chat.client.make_url("/ws"))
-    with pytest.raises(Unreachable) as refused:
-        async with ChatClient(url, token, connect_timeout=2, backoff_base=0.01):
+    assert isinstance(refused.value, ChatClientError) and time.monotonic() - started < 5
+    holder = await chat.ws(alice)  # alice's one allowed connection
+    with pytest.raises(Unreachable) as full:
+        async with ChatClient(url, alice, connect_timeout=2, backoff_base=0.01):
             pass
-    assert "HTTP 503" in str(refused.value)
-    assert refused.value.retry_after is not None and refused.value.retry_after >= 5
+    assert "HTTP 503" in str(full.value)
+    assert full.value.retry_after is not None and full.value.retry_after >= 5
     await holder.close()
+    async with ChatClient(url, bob) as client:
+        await client.send("general", "one")
+        with pytest.raises(RateLimited) as limited:
+            await client.send("general", "two")
+    assert isinstance(limited.value, ServerError) and limited.value.code == "rate_limited"
+    assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 2
 
 
 async def test_an_unreachable_server_fails_within_connect_timeout() -> None:
@@ -176,19 +177,6 @@ async def test_an_unreachable_server_fails_within_connect_timeout() -> None:
         async with ChatClient(url, "token", connect_timeout=0.5, backoff_base=0.05):
             pass
     assert time.monotonic() - started < 5
-
-
-async def test_rate_limited_errors_carry_the_retry_hint(make_chat: ChatFactory) -> None:
-    """A `rate_limited` refusal raises RateLimited (a ServerError) with `retry_after`."""
-    chat = await make_chat(rate=RateConfig(per_second=0.5, burst=1))
-    token = await chat.user("alice")
-    await chat.room("general")
-    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
-        await client.send("general", "one")
-        with pytest.raises(RateLimited) as limited:
-            await client.send("general", "two")
-    assert isinstance(limited.value, ServerError) and limited.value.code == "rate_limited"
-    assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 2
 
 
 async def test_stream_sends_pieces_live_and_stores_one_message(chat: Chat) -> None:
@@ -242,37 +230,29 @@ async def test_a_stream_block_that_raises_after_writing_ends_aborted(chat: Chat)
     assert final["text"] == "half an ans" and final["aborted"] is True
 
 
-async def test_stream_refuses_text_past_the_limit_and_stays_usable(
-        make_chat: ChatFactory) -> None:
-    """A write that would pass max_message_bytes raises TooLarge without sending; the stream
-    goes on and ends with the text written before and after."""
+async def test_refused_pieces_raise_and_the_stream_stays_usable(make_chat: ChatFactory
+                                                                 ) -> None:
+    """A write that would pass max_message_bytes raises TooLarge without sending; a piece
+    the server refuses (here: a NUL character) is raised as its ServerError by the next
+    call; the stream goes on and stores the accepted pieces."""
     chat = await make_chat(max_message_bytes=10)
     token = await chat.user("bot")
     await chat.room("general")
     async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
-        async with client.stream("general") as stream:
-            await stream.write("12345")
-            with pytest.raises(TooLarge):
-                await stream.write("678901")
+        stream = await client.start_stream("general")
+        await stream.write("12345")
+        with pytest.raises(TooLarge):
+            await stream.write("678901")
+        await stream.write("\x00")
+        await client.ping()  # the refusal has arrived
+        with pytest.raises(ServerError) as refused:
             await stream.write("678")
+        assert refused.value.code == "bad_request"
+        await stream.write("678")
+        ack = await stream.end()
+        assert ack is not None and ack["seq"] == 1
         page = await client.history("general")
     assert [m["text"] for m in page["messages"]] == ["12345678"]
-
-
-async def test_a_refused_delta_is_raised_by_the_next_call(chat: Chat) -> None:
-    """A delta the server refuses (here: a NUL character) is raised as its ServerError by
-    the next write or end, with the stored message lacking that piece."""
-    token = await chat.user("bot")
-    await chat.room("general")
-    async with ChatClient(str(chat.client.make_url("/ws")), token) as client:
-        stream = await client.start_stream("general")
-        await stream.write("ok")
-        await stream.write("bad\x00")
-        with pytest.raises(ServerError) as refused:
-            await stream.end()
-        assert refused.value.code == "bad_request" and stream.ack is not None
-        page = await client.history("general")
-    assert [m["text"] for m in page["messages"]] == ["ok"]
 
 
 async def test_history_over_http_pages_and_names_errors(chat: Chat) -> None:
