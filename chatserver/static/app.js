@@ -6,11 +6,23 @@ import { ChatConnection } from "./connection.js";
 import { ChatState, TYPING_SHOW_MS } from "./state.js";
 import * as view from "./view.js";
 
-const HISTORY_LIMIT = 50;
+// History pages are the protocol's largest (fewest round trips); a room opened for the first
+// time fills up to INITIAL_HISTORY messages, newest page first, so scrolling back is instant.
+const HISTORY_PAGE = 200;
+const INITIAL_HISTORY = 500;
+// The open room keeps at most this many messages in the DOM while the reader is at the bottom
+// (hours of a busy room would otherwise grow the page without end); scrolling back reloads.
+const MAX_OPEN_MESSAGES = 1_000;
+const TRIM_SLACK = 200; // trim in chunks, not one node per frame
 // No frame announces a new room (someone opening a DM with us): re-read the list now and then.
 const ROOMS_REFRESH_MS = 60_000;
 const TYPING_SEND_MS = 2_000;
 const ANNOUNCE_CHARS = 200;
+// Screen readers get at most one announcement this often; a busy room is summarised.
+const ANNOUNCE_EVERY_MS = 1_500;
+// While the page is hidden, animation frames stop: render (unread counts, title) on a timer.
+const HIDDEN_RENDER_MS = 500;
+const UNKNOWN_ROOM = "That room does not exist or is not visible to you.";
 
 const $ = (id) => document.getElementById(id);
 const utf8 = new TextEncoder();
@@ -20,6 +32,12 @@ let conn = null;        // ChatConnection while logged in
 let hellos = 0;
 let roomsTimer = null;
 const typingSent = new Map(); // room -> time (ms) the last `typing` went out
+// Live messages are rendered once per animation frame, however many arrived meanwhile.
+let pendingRender = [];
+let renderScheduled = false;
+let roomListDirty = false;
+let unannounced = [];
+let announceTimer = null;
 
 // -- session ---------------------------------------------------------------------------------
 
@@ -38,6 +56,9 @@ async function enterChat(me) {
   state = new ChatState(me);
   hellos = 0;
   typingSent.clear();
+  pendingRender = [];
+  roomListDirty = false;
+  unannounced = [];
   view.showChat(me);
   view.renderPeople(state);
   view.renderRoomHeader(state, null);
@@ -49,6 +70,7 @@ async function enterChat(me) {
   await refreshRooms();
   if (!state) return; // the session ended meanwhile
   const wanted = roomFromHash();
+  if (wanted && !state.rooms.has(wanted)) view.showNotice(UNKNOWN_ROOM);
   const first = state.rooms.has(wanted) ? wanted
     : state.rooms.has("general") ? "general"
       : state.sortedRooms()[0]?.name;
@@ -136,34 +158,55 @@ async function openRoom(name, { focus = false } = {}) {
   view.renderTyping(state.typingIn(room));
   view.setTitle(state.totalUnread());
   if (focus) $("composer-input").focus();
+  // aria-busy until the room is joined and its history is in: assistive technology (and the
+  // browser tests) know when the list is complete.
+  view.setRoomBusy(true);
   try {
     await joinRoom(name);
+    room.member = true;
+    if (!room.historyLoaded) await fillHistory(room);
   } catch {
-    return;
+    // joinRoom showed why
+  } finally {
+    if (state?.openRoom === name) view.setRoomBusy(false);
   }
-  room.member = true;
-  if (!room.historyLoaded) await loadOlder(room);
 }
 
-/** One page of history before the oldest message held (the latest page when none is). */
-async function loadOlder(room) {
-  if (room.loading) return;
+/** A room opened for the first time: pages of history until INITIAL_HISTORY are held. */
+async function fillHistory(room) {
+  while (await loadOlder(room, Math.min(HISTORY_PAGE, INITIAL_HISTORY - room.messages.size))) {
+    if (!room.hasOlder || room.messages.size >= INITIAL_HISTORY) return;
+    if (state?.openRoom !== room.name) return;
+  }
+}
+
+/**
+ * One page of history before the oldest message held (the latest page when none is);
+ * true when a page was added. The first page replaces the list; later ones go on top.
+ */
+async function loadOlder(room, limit = HISTORY_PAGE) {
+  if (room.loading || limit <= 0) return false;
   room.loading = true;
   const isOpen = () => state?.openRoom === room.name;
   if (isOpen()) view.renderLoadOlder(room, true);
   try {
     const page = await api.roomMessages(room.name, {
-      before: room.messages.oldest ?? undefined, limit: HISTORY_LIMIT,
+      before: room.messages.oldest ?? undefined, limit,
     });
-    if (state?.rooms.get(room.name) !== room) return; // logged out meanwhile
+    if (state?.rooms.get(room.name) !== room) return false; // logged out meanwhile
     state.addHistory(room.name, page);
     room.hasOlder = page.more;
     const first = !room.historyLoaded;
     room.historyLoaded = true;
-    if (isOpen()) first ? view.renderMessages(room) : view.prependHistory(room);
+    if (isOpen()) {
+      if (first) view.renderMessages(room);
+      else view.insertMessages(room, page.messages, { older: true });
+    }
+    return true;
   } catch (error) {
     view.showNotice(`Could not load messages: ${error.message}`);
     if (isOpen()) view.renderLoadOlder(room);
+    return false;
   } finally {
     room.loading = false;
   }
@@ -271,19 +314,63 @@ function onHello(hello) {
 }
 
 function onMessage(message) {
-  const index = state.addMessage(message);
-  if (index < 0) return;
-  const room = state.rooms.get(message.room);
-  if (state.openRoom === room.name) {
-    view.insertMessage(room, message, index);
+  if (state.addMessage(message) < 0) return;
+  if (state.openRoom === message.room) pendingRender.push(message);
+  else roomListDirty = true;
+  scheduleRender();
+}
+
+function scheduleRender() {
+  if (renderScheduled) return;
+  renderScheduled = true;
+  if (document.hidden) setTimeout(flushRender, HIDDEN_RENDER_MS);
+  else requestAnimationFrame(flushRender);
+}
+
+/** Everything that arrived since the last frame, in one DOM pass. */
+function flushRender() {
+  renderScheduled = false;
+  const batch = pendingRender;
+  pendingRender = [];
+  if (!state) return;
+  const room = state.rooms.get(state.openRoom);
+  // Messages of a room closed meanwhile are in the state; opening it renders them.
+  const mine = room ? batch.filter((message) => message.room === room.name) : [];
+  if (mine.length > 0) {
+    view.insertMessages(room, mine);
     view.renderTyping(state.typingIn(room));
-    if (message.user !== state.me.name) {
-      view.announce(`${message.user}: ${String(message.text).slice(0, ANNOUNCE_CHARS)}`);
-    }
-  } else {
+    trimOpenRoom(room);
+    announce(mine.filter((message) => message.user !== state.me.name));
+  }
+  if (roomListDirty) {
+    roomListDirty = false;
     view.renderRoomList(state);
     view.setTitle(state.totalUnread());
   }
+}
+
+function trimOpenRoom(room) {
+  if (room.messages.size <= MAX_OPEN_MESSAGES + TRIM_SLACK || !view.atBottom()) return;
+  room.messages.trim(MAX_OPEN_MESSAGES);
+  room.hasOlder = true;
+  view.forgetOldest(room);
+}
+
+/** Tell screen readers about new messages: the first at once, then a summary per interval. */
+function announce(messages) {
+  unannounced.push(...messages);
+  if (announceTimer === null) flushAnnouncement();
+}
+
+function flushAnnouncement() {
+  announceTimer = null;
+  if (unannounced.length === 0) return;
+  const last = unannounced[unannounced.length - 1];
+  const line = `${last.user}: ${String(last.text).slice(0, ANNOUNCE_CHARS)}`;
+  view.announce(unannounced.length === 1 ? line
+    : `${unannounced.length} new messages; the last, ${line}`);
+  unannounced = [];
+  announceTimer = setTimeout(flushAnnouncement, ANNOUNCE_EVERY_MS);
 }
 
 const FRAME_HANDLERS = {
@@ -354,8 +441,16 @@ function bindChat() {
   window.addEventListener("focus", () => refreshRooms());
   window.addEventListener("hashchange", () => {
     const name = roomFromHash();
-    if (state?.rooms.has(name) && name !== state.openRoom) openRoom(name);
+    if (!state || name === state.openRoom) return;
+    if (state.rooms.has(name)) openRoom(name);
+    else if (name) view.showNotice(UNKNOWN_ROOM);
   });
+  // Scrolling back to the top loads the next older page, as the button does.
+  new IntersectionObserver((entries) => {
+    const room = state?.rooms.get(state.openRoom);
+    if (!room?.historyLoaded || !room.hasOlder) return;
+    if (entries.some((entry) => entry.isIntersecting)) loadOlder(room);
+  }, { root: $("message-scroller") }).observe($("load-older"));
 }
 
 boot();

@@ -11,10 +11,14 @@
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
-// Close codes where the server asked us to come back later (1001 going away, 1013 try again).
+// Close codes where the server asked us to come back later (1001 going away, 1013 try again):
+// wait a random 0.5-5 s (docs/protocol.md, "Daemon life"), so a restarted server's clients
+// do not all return in the same instant.
 export const SERVER_ASKED_CODES = new Set([1001, 1013]);
-export const SERVER_ASKED_MIN_MS = 1_000;
+export const SERVER_ASKED_MIN_MS = 500;
 export const SERVER_ASKED_MAX_MS = 5_000;
+// The browser reports its network back: retry within this (jittered) instead of the backoff.
+export const BACK_ONLINE_MAX_MS = 500;
 // A socket must stay up this long before the backoff starts again from the base.
 export const STABLE_AFTER_MS = 10_000;
 // Application-level liveness: a ping every interval, and the socket is abandoned when its
@@ -24,7 +28,7 @@ export const PONG_TIMEOUT_MS = 10_000;
 export const HISTORY_PAGE = 200;
 const CLIENT_ABANDON_CODE = 4000;
 
-/** Full-jitter exponential backoff; at least 1-5 s (jittered) when the server asked for it. */
+/** Full-jitter exponential backoff; at least 0.5-5 s (jittered) when the server asked for it. */
 export function backoffDelay(attempt, closeCode, random = Math.random) {
   const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
   const delay = random() * ceiling;
@@ -76,6 +80,7 @@ export class ChatConnection extends EventTarget {
     this.attempt = 0;
     this.refs = 0;
     this.timers = { retry: null, stable: null, ping: null, pong: null };
+    this.backOnline = false; // the network returned while no retry was scheduled yet
     this.onBrowserOnline = () => this.retryNow();
   }
 
@@ -107,12 +112,18 @@ export class ChatConnection extends EventTarget {
     this.setState("stopped");
   }
 
+  /** The network is back: retry soon rather than after a backoff grown while it was down. */
   retryNow() {
-    if (this.state === "reconnecting" && this.timers.retry !== null) {
-      clearTimeout(this.timers.retry);
-      this.timers.retry = null;
-      this.open("reconnecting");
+    if (this.state !== "reconnecting") return;
+    if (this.timers.retry === null) {
+      // Between a close and its scheduled retry (the session check is in flight).
+      this.backOnline = true;
+      return;
     }
+    clearTimeout(this.timers.retry);
+    this.timers.retry = null;
+    this.backOnline = true;
+    this.scheduleReconnect(null);
   }
 
   open(state) {
@@ -170,7 +181,9 @@ export class ChatConnection extends EventTarget {
   }
 
   scheduleReconnect(code) {
-    const delay = backoffDelay(this.attempt, code);
+    let delay = backoffDelay(this.attempt, code);
+    if (this.backOnline) delay = Math.min(delay, Math.random() * BACK_ONLINE_MAX_MS);
+    this.backOnline = false;
     this.attempt += 1;
     this.setState("reconnecting", { retryInMs: delay });
     this.timers.retry = setTimeout(() => {
@@ -227,6 +240,7 @@ export class ChatConnection extends EventTarget {
 
   onHello(frame) {
     this.hello = frame;
+    this.backOnline = false;
     this.setState("connected");
     this.timers.stable = setTimeout(() => {
       this.timers.stable = null;

@@ -152,13 +152,21 @@ export function renderRoomHeader(state, room) {
   $("composer-input").setAttribute("aria-label", room ? `Message ${state.label(room)}` : "Message");
 }
 
+// The open room's message nodes by seq: finds where a message goes without querying the DOM.
+let shown = new Map();
+
 /** Replace the message list with the room's messages and its streams in progress. */
 export function renderMessages(room) {
-  const items = room ? [...room.messages].map(messageElement) : [];
+  shown = new Map();
+  const items = room ? [...room.messages].map(shownElement) : [];
   $("message-list").replaceChildren(...items);
   renderLoadOlder(room);
   renderStreams(room);
   scrollToBottom();
+}
+
+export function setRoomBusy(busy) {
+  $("message-scroller").setAttribute("aria-busy", String(busy));
 }
 
 export function renderLoadOlder(room, busy = false) {
@@ -168,24 +176,70 @@ export function renderLoadOlder(room, busy = false) {
   button.textContent = busy ? "Loading…" : "Load older messages";
 }
 
-/** Put one new message where its seq belongs (appending is the usual case). */
-export function insertMessage(room, message, index) {
+/**
+ * Put messages of the open room where their seqs belong, in one DOM pass (called at most once
+ * per animation frame for live messages, and once per page of history). New messages at the
+ * end keep the reader at the bottom if they were there; a page of older ones (`older`) keeps
+ * what the reader sees in place.
+ */
+export function insertMessages(room, messages, { older = false } = {}) {
+  const fresh = messages.filter((m) => !shown.has(m.seq) && room.messages.bySeq.has(m.seq))
+    .sort((a, b) => a.seq - b.seq);
+  if (fresh.length === 0) return;
+  const scroller = $("message-scroller");
   const list = $("message-list");
-  const next = room.messages.after(index);
-  const nextNode = next ? list.querySelector(`li[data-seq="${Number(next.seq)}"]`) : null;
-  const stick = nearBottom();
-  list.insertBefore(messageElement(message), nextNode);
-  if (message.stream) removeStream(message.stream);
-  if (stick) scrollToBottom();
+  const stick = !older && nearBottom(); // the one layout read, before any write
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  // Consecutive messages that go before the same node share one insertion.
+  let batch = document.createDocumentFragment();
+  let batchBefore;
+  for (const message of fresh) {
+    const before = nextShownNode(room, message.seq);
+    if (before !== batchBefore && batch.childNodes.length > 0) {
+      list.insertBefore(batch, batchBefore ?? null);
+      batch = document.createDocumentFragment();
+    }
+    batchBefore = before;
+    batch.append(shownElement(message));
+    if (message.stream) removeStream(message.stream);
+  }
+  list.insertBefore(batch, batchBefore ?? null);
+  if (older) {
+    renderLoadOlder(room);
+    scroller.scrollTop = scroller.scrollHeight - fromBottom;
+  } else if (stick) {
+    scrollToBottom();
+  }
 }
 
-/** Older messages were added above: re-render, keeping what the reader sees in place. */
-export function prependHistory(room) {
-  const scroller = $("message-scroller");
-  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
-  $("message-list").replaceChildren(...[...room.messages].map(messageElement));
+/** Drop the open room's oldest nodes (the state already dropped those messages). */
+export function forgetOldest(room) {
+  for (const [seq, node] of shown) {
+    if (room.messages.bySeq.has(seq)) continue;
+    node.remove();
+    shown.delete(seq);
+  }
   renderLoadOlder(room);
-  scroller.scrollTop = scroller.scrollHeight - fromBottom;
+}
+
+/** Whether the reader is at the newest message (so trimming above them goes unnoticed). */
+export function atBottom() {
+  return nearBottom();
+}
+
+function nextShownNode(room, seq) {
+  const { seqs } = room.messages;
+  for (let i = room.messages.insertionIndex(seq) + 1; i < seqs.length; i += 1) {
+    const node = shown.get(seqs[i]);
+    if (node) return node;
+  }
+  return null;
+}
+
+function shownElement(message) {
+  const node = messageElement(message);
+  shown.set(message.seq, node);
+  return node;
 }
 
 function messageElement(message) {
