@@ -1,25 +1,5 @@
-"""An asyncio client for chatserver: connect, join, send, stream and read messages across
-reconnects; read history over HTTP.
-
-The client survives real networks: when the connection drops (server restart, a killed
-instance, 1001 or 1013) it reconnects with exponential backoff and full jitter — to the next
-URL when several are given — and re-joins every room with `after` = the last seq it delivered,
-so `messages()` yields each room's messages once, in seq order, without a gap (a resume the
-server truncates at `replay_max` is completed from history before live messages go on).
-
-    async with ChatClient("ws://127.0.0.1:8080/ws", token) as chat:
-        await chat.join("general")
-        ack = await chat.send("general", "hello")
-        async for message in chat.messages():
-            print(message["user"], message["text"])
-
-Errors are one hierarchy under `ChatClientError` (docs/client.md, "Errors"). A refused token
-(HTTP 401) is never retried: `connect()` raises `AuthenticationFailed`, and a reconnect that
-meets it ends the client (pending requests and `messages()` raise it).
-
-Requests in flight when a connection drops fail with `ConnectionLost`; a `send` that failed
-that way may or may not have been stored (its ack was lost) — check history before resending.
-"""
+"""`ChatClient`: one connection to chatserver that survives reconnects — requests and their
+replies, re-joining rooms with `after`, and delivering each room's messages once, in order."""
 
 from __future__ import annotations
 
@@ -27,230 +7,32 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, NotRequired, TypedDict, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, cast
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-log = logging.getLogger(__name__)
+from .backoff import AFTER_SERVER_HINT, BACKOFF_BASE, BACKOFF_CAP, _retry_after, reconnect_delay
+from .errors import (
+    AuthenticationFailed,
+    ChatClientError,
+    ConnectionLost,
+    RequestTimeout,
+    ServerError,
+    Unreachable,
+    server_error,
+)
+from .frames import Ack, HistoryPage, Joined, Message
+from .http import get_json
+from .stream import Stream
+from .urls import http_url, websocket_url
 
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
-# 1001 (server going away) and 1013 (try again later) ask clients to spread out: reconnect after
-# a random 0.5-5 s (docs/protocol.md, "Daemon life"), so a restart is not met by a stampede.
-AFTER_SERVER_HINT = (0.5, 5.0)
-SPREAD_CLOSE_CODES = frozenset({1001, 1013})
+log = logging.getLogger("chatserver.client")  # the package's name, as before the split
+
 MESSAGE_QUEUE_MAX = 10_000
 HISTORY_PAGE_MAX = 200  # the server's largest history page
-STREAM_GIVE_UP_TIMEOUT = 2.0  # seconds a failed `stream()` block may spend discarding
-
-
-# -- what the server sends ------------------------------------------------------------------
-
-
-class Message(TypedDict):
-    """A stored message (docs/protocol.md, `message` frame)."""
-
-    op: str
-    room: str
-    seq: int
-    id: str
-    user: str
-    text: str
-    html: str
-    ts: str
-    stream: NotRequired[str]
-    aborted: NotRequired[bool]
-
-
-class Ack(TypedDict):
-    """The answer to a `send` or `stream_end`: the message is durable."""
-
-    op: str
-    ref: str | None
-    room: str
-    seq: int
-    id: str
-    ts: str
-
-
-class Joined(TypedDict):
-    op: str
-    ref: str | None
-    room: str
-    seq: int
-    truncated: NotRequired[bool]
-
-
-class HistoryPage(TypedDict):
-    """One page of history, ascending by seq; `more` says more lie in the paging direction."""
-
-    room: str
-    messages: list[Message]
-    more: bool
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class ChatClientError(Exception):
-    """Base of every error the client raises; `code` is stable (the server's error codes, plus
-    `connection_lost`, `timeout`, `unreachable` and `stream_ended` for the client's own)."""
-
-    code: str = "client_error"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-
-class ServerError(ChatClientError):
-    """The server refused a request: an `error` frame, or an HTTP error body."""
-
-    def __init__(self, frame: dict[str, Any]) -> None:
-        code = str(frame.get("code") or frame.get("error") or "internal")
-        super().__init__(str(frame.get("message") or code), code=code)
-        self.frame = frame
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class AuthenticationFailed(ServerError):
-    """The server refused the token (HTTP 401, or 403 for a refused origin). Retrying with
-    the same token cannot help, so the client never does."""
-
-
-class RetryLater(ServerError):
-    """A refusal that passes with time; `retry_after` is the server's hint in seconds (the
-    frame's `retry_after`, or HTTP Retry-After), None when it gave none."""
-
-    @property
-    def retry_after(self) -> float | None:
-        value = self.frame.get("retry_after")
-        return float(value) if isinstance(value, int | float) else None
-
-
-class RateLimited(RetryLater):
-    """`rate_limited`: wait `retry_after` seconds before sending again."""
-
-
-class Overloaded(RetryLater):
-    """`overloaded`: the server sheds load or cannot store right now; nothing was stored."""
-
-
-class NotFound(ServerError):
-    pass
-
-
-class Forbidden(ServerError):
-    pass
-
-
-class TooLarge(ServerError):
-    pass
-
-
-class ConnectionLost(ChatClientError):
-    """The connection dropped (or the client was closed) before the request was answered."""
-
-    code = "connection_lost"
-
-
-class RequestTimeout(ChatClientError, TimeoutError):
-    """No answer within `request_timeout`."""
-
-    code = "timeout"
-
-
-class Unreachable(ChatClientError):
-    """No connection could be made: `connect_timeout` passed, or the server answered the
-    upgrade with a status retrying cannot fix (`status`, e.g. 404 for a wrong URL)."""
-
-    code = "unreachable"
-
-    def __init__(self, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-_SERVER_ERRORS: dict[str, type[ServerError]] = {
-    "unauthorized": AuthenticationFailed, "rate_limited": RateLimited,
-    "overloaded": Overloaded, "not_found": NotFound, "forbidden": Forbidden,
-    "too_large": TooLarge,
-}
-
-
-def server_error(frame: dict[str, Any]) -> ServerError:
-    """The exception for an `error` frame or HTTP error body, by its code."""
-    code = str(frame.get("code") or frame.get("error") or "internal")
-    return _SERVER_ERRORS.get(code, ServerError)(frame)
-
-
-# -- URLs and reconnect timing (pure) ---------------------------------------------------------
-
-
-def websocket_url(url: str) -> str:
-    """The WebSocket URL for a server URL: `http://h:p[/prefix]` -> `ws://h:p[/prefix]/ws`
-    (a path already ending in `/ws` is kept); `ws://` and `wss://` URLs are used as given."""
-    parts = urlsplit(url)
-    if parts.scheme in ("ws", "wss"):
-        return url
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"server URL must start with http://, https://, ws:// or wss:// "
-                         f"and name a host, got {url!r}")
-    scheme = "ws" if parts.scheme == "http" else "wss"
-    path = parts.path.rstrip("/")
-    return urlunsplit((scheme, parts.netloc, path if path.endswith("/ws") else path + "/ws",
-                       "", ""))
-
-
-def http_url(url: str) -> str:
-    """The HTTP base URL for a server or WebSocket URL (no trailing slash)."""
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"server URL must start with http://, https://, ws:// or wss:// "
-                         f"and name a host, got {url!r}")
-    path = parts.path.rstrip("/")
-    if path.endswith("/ws"):
-        path = path[:-3]
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def reconnect_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
-                    close_code: int | None = None, retry_after: float | None = None,
-                    spread: tuple[float, float] = AFTER_SERVER_HINT,
-                    rng: random.Random | None = None) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0 = the first after a drop).
-
-    Full jitter over an exponential window; a 1001/1013 close (`close_code`, given for the
-    first attempt only) asks for a random wait within `spread` instead; a server's
-    Retry-After is a floor."""
-    draw = rng or random
-    if close_code in SPREAD_CLOSE_CODES:
-        delay = draw.uniform(*spread)
-    else:
-        delay = draw.uniform(0, min(cap, base * 2**attempt))
-    return max(delay, retry_after) if retry_after is not None else delay
-
-
-def _retry_after(headers: Any) -> float | None:
-    raw = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare enough to fall back to our own backoff
-
-
-# -- the client -------------------------------------------------------------------------------
 
 
 class ChatClient:
@@ -444,30 +226,8 @@ class ChatClient:
 
     async def _http_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         base = http_url(self.url)
-        try:
-            async with self._http().get(
-                    base + path, params=params,
-                    headers={"Authorization": f"Bearer {self.token}"},
-                    timeout=aiohttp.ClientTimeout(total=self.request_timeout)) as reply:
-                status, raw, headers = reply.status, await reply.read(), reply.headers
-        except TimeoutError:
-            raise RequestTimeout(f"no answer from {base} within "
-                                 f"{self.request_timeout:g} s") from None
-        except (OSError, aiohttp.ClientError) as exc:
-            raise Unreachable(f"cannot reach {base}: {exc}") from exc
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise ServerError({"code": "internal", "message": f"{base}{path} answered HTTP "
-                               f"{status} without a JSON object; is the URL right?"})
-        if status >= 400:
-            hint = _retry_after(headers)
-            if hint is not None:
-                body.setdefault("retry_after", hint)
-            raise server_error(body)
-        return body
+        return await get_json(self._http(), base, path, params, token=self.token,
+                              timeout=self.request_timeout)
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -662,84 +422,6 @@ class ChatClient:
             raise ConnectionLost("the connection dropped mid-stream; the server keeps the "
                                  "text so far as a message marked aborted")
         return self._ws
-
-
-class Stream:
-    """One message being streamed to a room (from `ChatClient.stream()`)."""
-
-    def __init__(self, client: ChatClient, room: str, stream_id: str, generation: int,
-                 ref: str) -> None:
-        self.room = room
-        self.id = stream_id
-        self.ref = ref  # every delta carries it, so the server's refusal of one comes back
-        self.ack: Ack | None = None  # set by `end()` unless the stream was discarded
-        self.discarded = False
-        self.ended = False
-        self.bytes_written = 0
-        self._client = client
-        self._generation = generation
-        self._error: ServerError | None = None
-
-    async def write(self, text: str) -> None:
-        """Append text; readers see it at once. Raises the server's refusal of an earlier
-        piece, `TooLarge` (nothing sent) past `max_message_bytes`, or `ConnectionLost`."""
-        if self.ended:
-            raise ChatClientError(f"stream {self.id} has ended", code="stream_ended")
-        self._raise_refusal()
-        if not text:
-            return  # the server refuses empty deltas; an empty piece changes nothing
-        size = len(text.encode("utf-8"))
-        limit = self._client.hello.get("limits", {}).get("max_message_bytes")
-        if isinstance(limit, int) and self.bytes_written + size > limit:
-            raise TooLarge({"code": "too_large", "message":
-                            f"the streamed text would pass max_message_bytes ({limit} bytes); "
-                            f"this piece ({size} bytes) was not sent"})
-        ws = self._client._ws_for(self._generation)
-        # Counted when sent: a piece the server later refuses still counts here, so this
-        # check errs on the strict side (the refusal does not say which piece it was).
-        frame = {"op": "stream_delta", "stream": self.id, "text": text, "ref": self.ref}
-        try:
-            await ws.send_str(orjson.dumps(frame).decode())
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            raise ConnectionLost(f"connection lost mid-stream: {exc}") from exc
-        self.bytes_written += size
-
-    async def end(self) -> Ack | None:
-        """Store the whole text as one message and return its ack; None if nothing was
-        written (the server discards the stream and stores nothing)."""
-        if self.ended:
-            return self.ack
-        self._client._ws_for(self._generation)
-        try:
-            reply = await self._client.request({"op": "stream_end", "stream": self.id})
-        finally:
-            self.ended = True
-            self._client._streams.pop(self.ref, None)
-        if reply.get("discarded"):
-            self.discarded = True
-        else:
-            self.ack = cast(Ack, reply)
-        # Replies come in order: a refused delta's error arrived before this ack.
-        self._raise_refusal()
-        return self.ack
-
-    def _refused(self, error: ServerError) -> None:
-        if self._error is None:
-            self._error = error
-
-    def _raise_refusal(self) -> None:
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    async def _give_up(self) -> None:
-        """The `stream()` block raised: discard the stream if nothing was written; otherwise
-        leave it to the server, which stores the text so far marked `aborted`."""
-        if self.ended or self.bytes_written:
-            self._client._streams.pop(self.ref, None)
-            return
-        with contextlib.suppress(ChatClientError, TimeoutError):
-            await asyncio.wait_for(self.end(), STREAM_GIVE_UP_TIMEOUT)
 
 
 class _MessageIterator:
