@@ -21,6 +21,7 @@ CHROMIUM_INSTALL = "apt-get install -y --no-install-recommends chromium"
 DESKTOP = {"width": 1100, "height": 760}
 PHONE = {"width": 390, "height": 760}
 MESSAGES = "#message-list li.msg"
+OVERLOADED_RETRY_S = 15.0
 
 
 def chromium_missing() -> str | None:
@@ -53,11 +54,18 @@ class ChatServer:
         return self.daemon.base_url
 
     async def call(self, user: str, method: str, path: str, body: Any = None) -> Any:
-        """One HTTP API call as `user` (bearer token); the JSON answer, which must be 2xx."""
+        """One HTTP API call as `user` (bearer token); the JSON answer, which must be 2xx.
+        `overloaded` (a just-restarted server on a busy machine) is retried for a while."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OVERLOADED_RETRY_S
         async with aiohttp.ClientSession(self.base_url) as session:
-            async with session.request(method, path, json=body,
-                                       headers=bearer(self.tokens[user])) as reply:
-                data = await reply.json()
+            while True:
+                async with session.request(method, path, json=body,
+                                           headers=bearer(self.tokens[user])) as reply:
+                    data = await reply.json()
+                if reply.status == 503 and loop.time() < deadline:
+                    await asyncio.sleep(0.2)
+                    continue
                 assert reply.status < 300, f"{method} {path}: {reply.status} {data}"
                 return data
 
