@@ -162,9 +162,11 @@ async function openRoom(name, { focus = false } = {}) {
   // browser tests) know when the list is complete.
   view.setRoomBusy(true);
   try {
-    await joinRoom(name);
+    performance.mark("room:open");
+    const joined = await joinRoom(name);
+    performance.mark("room:joined");
     room.member = true;
-    if (!room.historyLoaded) await fillHistory(room);
+    if (!room.historyLoaded) await fillHistory(room, joined.seq);
   } catch {
     // joinRoom showed why
   } finally {
@@ -172,11 +174,34 @@ async function openRoom(name, { focus = false } = {}) {
   }
 }
 
-/** A room opened for the first time: pages of history until INITIAL_HISTORY are held. */
-async function fillHistory(room) {
-  while (await loadOlder(room, Math.min(HISTORY_PAGE, INITIAL_HISTORY - room.messages.size))) {
-    if (!room.hasOlder || room.messages.size >= INITIAL_HISTORY) return;
-    if (state?.openRoom !== room.name) return;
+/**
+ * A room opened for the first time: its newest INITIAL_HISTORY messages up to the join's
+ * seq (live frames follow it), in pages of HISTORY_PAGE fetched at once, cut by seq, and
+ * rendered in one pass — one round trip instead of one per page. Seqs need not be
+ * contiguous: a page holds the newest messages below its cut, so neighbouring pages overlap
+ * rather than leave a hole.
+ */
+async function fillHistory(room, joinedSeq) {
+  const cuts = [];
+  for (let before = joinedSeq + 1, left = INITIAL_HISTORY; left > 0 && before > 1;
+    before -= HISTORY_PAGE, left -= HISTORY_PAGE) {
+    cuts.push({ before, limit: Math.min(HISTORY_PAGE, left) });
+  }
+  room.loading = true;
+  try {
+    const pages = await Promise.all(cuts.map((cut) => api.roomMessages(room.name, cut)));
+    performance.mark("room:fetched");
+    if (state?.rooms.get(room.name) !== room) return; // logged out meanwhile
+    for (const page of pages) state.addHistory(room.name, page);
+    room.hasOlder = pages.length > 0 && pages[pages.length - 1].more;
+    room.historyLoaded = true;
+    if (state?.openRoom === room.name) view.renderMessages(room);
+    performance.mark("room:rendered");
+  } catch (error) {
+    view.showNotice(`Could not load messages: ${error.message}`);
+    if (state?.openRoom === room.name) view.renderLoadOlder(room);
+  } finally {
+    room.loading = false;
   }
 }
 

@@ -36,7 +36,11 @@ HISTORY_PROBE = """async ([room, size, selector]) => {
     if (performance.now() - start > 30000) throw new Error(`only ${n} of ${size} rendered`);
   }
   await frame();
-  return { ms: performance.now() - start, first_ms: first, count: count() };
+  // The UI's own marks on the way (room:open, room:joined, room:fetched, room:rendered).
+  const marks = Object.fromEntries(performance.getEntriesByType("mark")
+    .filter((mark) => mark.name.startsWith("room:") && mark.startTime >= start)
+    .map((mark) => [mark.name, mark.startTime - start]));
+  return { ms: performance.now() - start, first_ms: first, count: count(), marks };
 }"""
 
 FRAMES_START = """() => {
