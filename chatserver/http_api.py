@@ -1,5 +1,5 @@
-"""HTTP routes (PROTOCOL section 7): login, rooms, history, posting, incoming webhooks, health
-and readiness.
+"""HTTP routes (PROTOCOL section 7): login, rooms, history, presence, posting, incoming
+webhooks, health and readiness.
 
 Errors are JSON `{"error": "<code>", "message": "..."}` with the matching status, produced by
 one middleware from the same `ChatError` classes the WebSocket path uses.
@@ -30,6 +30,11 @@ from chatserver.handlers import check_send_rate, read_history
 from chatserver.store.base import RoomListing, TokenInfo, User
 
 log = logging.getLogger(__name__)
+
+# A room's presence snapshot looks at its first this-many members by name. Why a cap: a room of
+# 100,000 members would otherwise cost 100,000 broker lookups (200 Redis script calls) and a
+# response of megabytes on every room open, and a crowd reconnecting opens rooms all at once.
+PRESENCE_MAX_MEMBERS = 1_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -199,6 +204,22 @@ async def get_messages(request: web.Request) -> web.StreamResponse:
                           "messages": [protocol.message_body(m) for m in messages]})
 
 
+async def get_presence(request: web.Request) -> web.StreamResponse:
+    """Which members of the room are online now: the snapshot the `presence` changes update.
+    Readable by whoever may read the room's history (the same check, the same errors)."""
+    info = await _who(request)
+    ctx = _ctx(request)
+    room = await ctx.rooms.readable(request.match_info["room"], info.user)
+    members = await ctx.store.member_names(room.id)  # by name
+    looked_at = members[:PRESENCE_MAX_MEMBERS]
+    online = await ctx.broker.online_users(looked_at)
+    body: dict[str, Any] = {"room": room.name,
+                            "online": sorted(name for name in looked_at if name in online)}
+    if len(members) > len(looked_at):
+        body["truncated"] = True
+    return json_response(body)
+
+
 async def post_message(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     ctx = _ctx(request)
@@ -275,6 +296,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/rooms/{room}/members", add_member)
     app.router.add_get("/api/rooms/{room}/messages", get_messages)
     app.router.add_post("/api/rooms/{room}/messages", post_message)
+    app.router.add_get("/api/rooms/{room}/presence", get_presence)
     app.router.add_post("/api/direct", direct)
     app.router.add_post("/hooks/{token}", post_hook)
     app.router.add_get("/healthz", healthz)

@@ -22,7 +22,8 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
 - `subscribe`/`unsubscribe` are interest declarations; the hub reference-counts local members
   and calls them only for its first and last local subscriber of a room.
 - Presence: `connection_opened` returns True when it was the user's first connection anywhere;
-  `connection_closed` returns True when it was the last one.
+  `connection_closed` returns True when it was the last one. `online_users` answers which
+  users have a connection open anywhere now (a snapshot; the changes above keep it current).
 """
 
 from __future__ import annotations
@@ -111,3 +112,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def connection_closed(self, user: str, conn_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def online_users(self, users: Sequence[str]) -> set[str]:
+        """Which of `users` have a connection open anywhere now; raises `BrokerUnavailable`
+        when that cannot be known (a client shown a guess would show people wrongly)."""

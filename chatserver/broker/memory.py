@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from chatserver.broker.base import Broker, Event
 
@@ -54,3 +55,9 @@ class MemoryBroker(Broker):
             return False
         del self._connections[user]
         return True
+
+    async def online_users(self, users: Sequence[str]) -> set[str]:
+        # connection_closed deletes a user's entry with their last connection, so any entry
+        # present has at least one.
+        connections = self._connections
+        return {user for user in users if user in connections}

@@ -28,6 +28,8 @@ Delivery follows `chatserver.broker.base`. How this backend provides it:
   task refreshes this instance's members and sweeps those of crashed instances, announcing
   their users offline. While Redis is down, `connection_opened`/`connection_closed` return
   False (logged once) so connections still work; the refresh announces them later.
+  `online_users` (a snapshot) instead raises BrokerUnavailable while Redis is unreachable: an
+  answer that leaves out everyone on other instances would show them offline.
 """
 
 from __future__ import annotations
@@ -455,6 +457,15 @@ class RedisBroker(Broker):
             return False
         self._warned.discard("presence")
         return last
+
+    async def online_users(self, users: Sequence[str]) -> set[str]:
+        if self._state == "closed":
+            raise BrokerUnavailable("the message broker is closed")
+        try:
+            return await self._presence.online(users)
+        except _NETWORK_ERRORS as exc:
+            raise BrokerUnavailable("the message broker (Redis) is unreachable; "
+                                    "who is online is unknown for now") from exc
 
     async def _presence_forever(self) -> None:
         """Refresh this instance's members and sweep expired ones, every ttl/3."""

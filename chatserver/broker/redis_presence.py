@@ -9,6 +9,9 @@ Keys:
   expiry ever given to one of them. The sweeper looks only at users whose deadline passed,
   so a sweep costs what expired, not the number of users online.
 
+`online` reads the same sets without changing them: a user is online while one of their
+members is scored after now (an expired member counts as gone before the sweeper removes it).
+
 Every change is one Lua script, so each "first connection" / "last connection" / "expired"
 transition is reported exactly once across all instances. Times are the Redis server's clock
 (`TIME`), so instances with skewed clocks agree. The sweep script builds key names from the
@@ -21,6 +24,7 @@ other one's instance then crashes, the user goes offline up to one extra ttl lat
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +34,7 @@ USER_KEY_PREFIX = "chat:presence:user:"
 DEADLINES_KEY = "chat:presence:deadlines"
 REFRESH_CHUNK = 500  # members per script call: bounds how long one call blocks Redis
 SWEEP_CHUNK = 500
+ONLINE_CHUNK = 500  # users per `online` script call, for the same reason
 
 _NOW = """
 local t = redis.call('TIME')
@@ -96,6 +101,19 @@ return gone
 """
 
 
+# KEYS: one user key per user. ARGV: none. 1 or 0 per key: whether it has a live member.
+# Read-only: expired members are left for the sweeper, which announces them offline. Live
+# means scored above now, the complement of what ZREMRANGEBYSCORE -inf now removes above.
+_ONLINE = _NOW + """
+local live = {}
+for i = 1, #KEYS do
+  live[i] = 0
+  if redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf') > 0 then live[i] = 1 end
+end
+return live
+"""
+
+
 class RedisPresence:
     """This instance's side of cluster presence; every method may raise redis errors.
 
@@ -108,10 +126,12 @@ class RedisPresence:
         self.instance_id = instance_id
         self.ttl = ttl
         self.local: dict[str, str] = {}  # member -> user
+        self._local_users: Counter[str] = Counter()  # user -> their members in `local`
         self._open = redis.register_script(_OPEN)
         self._close = redis.register_script(_CLOSE)
         self._refresh = redis.register_script(_REFRESH)
         self._sweep = redis.register_script(_SWEEP)
+        self._online = redis.register_script(_ONLINE)
 
     def member(self, conn_id: str) -> str:
         return f"{self.instance_id}:{conn_id}"
@@ -119,7 +139,7 @@ class RedisPresence:
     async def opened(self, user: str, conn_id: str) -> bool:
         """Record the connection; True iff the user had no live connection anywhere before."""
         member = self.member(conn_id)
-        self.local[member] = user
+        self._keep(member, user)
         result = await self._open(keys=[USER_KEY_PREFIX + user, DEADLINES_KEY],
                                   args=[member, self.ttl, user])
         return bool(result)
@@ -127,9 +147,22 @@ class RedisPresence:
     async def closed(self, user: str, conn_id: str) -> bool:
         """Forget the connection; True iff it was the user's last live one anywhere."""
         member = self.member(conn_id)
-        if self.local.pop(member, None) is None:
+        if self._forget(member) is None:
             return False
         return await self._remove(user, member)
+
+    def _keep(self, member: str, user: str) -> None:
+        if member not in self.local:
+            self._local_users[user] += 1
+        self.local[member] = user
+
+    def _forget(self, member: str) -> str | None:
+        user = self.local.pop(member, None)
+        if user is not None:
+            self._local_users[user] -= 1
+            if self._local_users[user] <= 0:
+                del self._local_users[user]
+        return user
 
     async def _remove(self, user: str, member: str) -> bool:
         result = await self._close(keys=[USER_KEY_PREFIX + user, DEADLINES_KEY],
@@ -155,8 +188,20 @@ class RedisPresence:
         for member, user in snapshot:
             if member not in self.local:
                 await self._remove(user, member)
-        online = set(self.local.values())
-        return sorted(user for user in back if user in online)
+        return sorted(user for user in back if user in self._local_users)
+
+    async def online(self, users: Sequence[str]) -> set[str]:
+        """Which of `users` have a live member anywhere, by Redis's clock: one script call per
+        ONLINE_CHUNK users. This instance's own connections count even before Redis has them
+        (opened while it was unreachable, not refreshed yet)."""
+        here = self._local_users
+        found = {user for user in users if user in here}
+        ask = list(dict.fromkeys(user for user in users if user not in here))  # each once
+        for start in range(0, len(ask), ONLINE_CHUNK):
+            chunk = ask[start:start + ONLINE_CHUNK]
+            live = await self._online(keys=[USER_KEY_PREFIX + user for user in chunk])
+            found.update(user for user, flag in zip(chunk, live, strict=True) if int(flag))
+        return found
 
     async def sweep(self) -> list[str]:
         """Expire members of crashed instances; return users who thereby went offline.
@@ -175,7 +220,7 @@ class RedisPresence:
         """Remove every member of this instance (shutdown); return users now offline."""
         offline = []
         for member, user in list(self.local.items()):
-            del self.local[member]
+            self._forget(member)
             if await self._remove(user, member):
                 offline.append(user)
         return offline

@@ -30,6 +30,8 @@ const utf8 = new TextEncoder();
 let state = null;       // ChatState while logged in
 let conn = null;        // ChatConnection while logged in
 let hellos = 0;
+// After a reconnect, the open room's presence is asked for again once it is re-joined.
+let presenceAfterRejoin = false;
 let roomsTimer = null;
 const typingSent = new Map(); // room -> time (ms) the last `typing` went out
 // Live messages are rendered once per animation frame, however many arrived meanwhile.
@@ -55,6 +57,7 @@ async function boot() {
 async function enterChat(me) {
   state = new ChatState(me);
   hellos = 0;
+  presenceAfterRejoin = false;
   typingSent.clear();
   pendingRender = [];
   roomListDirty = false;
@@ -166,7 +169,11 @@ async function openRoom(name, { focus = false } = {}) {
     const joined = await joinRoom(name);
     performance.mark("room:joined");
     room.member = true;
+    // Asked for after the join: changes from then on reach us, so none falls in between.
+    presenceAfterRejoin = false;
+    const presence = fetchPresence(room);
     if (!room.historyLoaded) await fillHistory(room, joined.seq);
+    await presence;
   } catch {
     // joinRoom showed why
   } finally {
@@ -203,6 +210,34 @@ async function fillHistory(room, joinedSeq) {
   } finally {
     room.loading = false;
   }
+}
+
+/**
+ * Who of the room's members is online now, merged into the presence map (change frames that
+ * arrived meanwhile win: they are newer). Best effort: the map follows the changes without
+ * it, so a failure (503 while the broker is unreachable) shows nothing.
+ */
+async function fetchPresence(room) {
+  const asked = state;
+  if (!asked) return;
+  const mark = asked.presenceMark();
+  let snapshot;
+  try {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room.name)}/presence`,
+      { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    snapshot = await response.json();
+  } catch {
+    return; // the server cannot be reached: the reconnect asks again
+  }
+  if (state !== asked || !Array.isArray(snapshot?.online)) return; // logged out meanwhile
+  const online = snapshot.online.map(String);
+  // A direct room's members are known: the one not listed is offline (not just unknown).
+  const offline = room.kind === "direct" && !snapshot.truncated
+    ? room.members.filter((name) => !online.includes(name)) : [];
+  if (!state.seedPresence(mark, online, offline)) return;
+  view.renderPeople(state);
+  view.renderRoomList(state);
 }
 
 /**
@@ -321,6 +356,7 @@ function bindConnection(connection) {
   });
   on("state", ({ state: s, retryInMs }) => view.setConnectionState(s, retryInMs));
   on("hello", onHello);
+  on("joined", onJoined);
   on("message", onMessage);
   on("frame", onFrame);
   on("unauthorized", () => leaveChat("Your session has ended; log in again."));
@@ -329,13 +365,22 @@ function bindConnection(connection) {
 function onHello(hello) {
   hellos += 1;
   state.forgetStreams(); // the server re-announces live streams after each join
-  // Presence comes only as changes: whatever happened while we were away is unknown now.
-  state.presence.clear();
-  state.presence.set(hello.user, "online");
+  // Whatever changed while we were away is unknown now; the open room's snapshot is asked
+  // for again once its re-join (sent right after this) is answered.
+  state.resetPresence();
+  state.setPresence(hello.user, "online");
+  if (hellos > 1) presenceAfterRejoin = true;
   view.renderStreams(state.rooms.get(state.openRoom));
   view.renderPeople(state);
   view.renderRoomList(state);
   if (hellos > 1) refreshRooms(); // rooms made or DMs opened while we were away
+}
+
+function onJoined(joined) {
+  if (!presenceAfterRejoin || joined.room !== state.openRoom) return;
+  presenceAfterRejoin = false;
+  const room = state.rooms.get(joined.room);
+  if (room) fetchPresence(room);
 }
 
 function onMessage(message) {
@@ -408,7 +453,7 @@ const FRAME_HANDLERS = {
     }, TYPING_SHOW_MS + 50);
   },
   presence(frame) {
-    state.presence.set(frame.user, frame.status === "online" ? "online" : "offline");
+    state.setPresence(frame.user, frame.status === "online" ? "online" : "offline");
     view.renderPeople(state);
     view.renderRoomList(state);
   },

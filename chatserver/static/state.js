@@ -91,6 +91,47 @@ export class ChatState {
     this.rooms = new Map();     // name -> RoomState
     this.openRoom = null;       // name of the room on screen
     this.presence = new Map();  // user -> "online" | "offline"
+    // A room's presence snapshot races the change frames: a change that arrives after the
+    // snapshot was asked for is at least as new as it, so the snapshot must not undo it.
+    this.presenceClock = 0;            // counts change frames and resets
+    this.presenceChanged = new Map();  // user -> clock of their last change frame
+    this.presenceReset = 0;            // clock of the last reset (a new socket)
+  }
+
+  /** A presence change frame (or my own hello). */
+  setPresence(user, status) {
+    this.presenceClock += 1;
+    this.presenceChanged.set(user, this.presenceClock);
+    this.presence.set(user, status);
+  }
+
+  /** A new socket: whatever changed while we were away is unknown; snapshots asked for
+   * before now are stale. */
+  resetPresence() {
+    this.presenceClock += 1;
+    this.presenceReset = this.presenceClock;
+    this.presence.clear();
+    this.presenceChanged.clear();
+  }
+
+  /** Taken before asking for a snapshot; hand it to `seedPresence` with the answer. */
+  presenceMark() {
+    return this.presenceClock;
+  }
+
+  /**
+   * A snapshot asked for at `mark`: `online` users are online and `offline` ones offline,
+   * except users whose change frames arrived since (newer). Returns false, changing nothing,
+   * when the socket was replaced since the mark (the snapshot is then asked for again).
+   */
+  seedPresence(mark, online, offline = []) {
+    if (mark < this.presenceReset) return false;
+    const seed = (user, status) => {
+      if ((this.presenceChanged.get(user) ?? 0) <= mark) this.presence.set(user, status);
+    };
+    for (const user of online) seed(user, "online");
+    for (const user of offline) seed(user, "offline");
+    return true;
   }
 
   upsertRoom(listing) {

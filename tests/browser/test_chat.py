@@ -16,13 +16,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.system, pytest.mark.asyncio(loop_
 async def test_two_users_chat_in_a_room(browser: Any, chat_server: ChatServer,
                                         artifacts: Path) -> None:
     """Two people in one room see each other's messages live, rendered from the sanitised
-    html, typing, presence and unread counts — one logged in through the form, one on a phone."""
+    html, typing, presence (who was online already, then changes) and unread counts — one
+    logged in through the form, one on a phone."""
     room, side = room_name("lobby"), room_name("side")
     await chat_server.create_room("alice", room, members=("bob",))
     await chat_server.create_room("alice", side, members=("bob",))
     alice = await open_chat(browser, chat_server, "alice", room=room, via_form=True)
     bob = await open_chat(browser, chat_server, "bob", room=room, viewport=PHONE)
     try:
+        # alice was online before bob's page loaded, so no change frame tells him: his page
+        # shows her online from the room's presence snapshot (HTTP, which is never shed).
+        alice_status = bob.page.locator("#people-list .person", has_text="alice").locator(
+            ".person-status")
+        await expect(alice_status).to_have_text("online")
+
         # bob's first connection is announced to the members of his rooms (again on reload:
         # presence is shed while the server's loop lags).
         async def reconnect_bob(attempt: int) -> None:

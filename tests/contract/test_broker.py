@@ -176,6 +176,42 @@ async def test_presence_first_and_last_connection(instances: Instances) -> None:
     assert await broker.connection_opened("alice", "c4") is True  # online again
 
 
+async def test_online_users_follows_connections(instances: Instances) -> None:
+    """A user is online from their first connection opening until their last one closes."""
+    broker, _ = await instances.open()
+    assert await broker.online_users(["alice", "bob"]) == set()
+    await broker.connection_opened("alice", "c1")
+    await broker.connection_opened("alice", "c2")
+    await broker.connection_opened("bob", "c3")
+    assert await broker.online_users(["alice", "bob", "carol"]) == {"alice", "bob"}
+    await broker.connection_closed("alice", "c1")
+    assert await broker.online_users(["alice", "bob"]) == {"alice", "bob"}  # c2 still open
+    await broker.connection_closed("alice", "c2")
+    await broker.connection_closed("bob", "c3")
+    assert await broker.online_users(["alice", "bob"]) == set()
+
+
+async def test_online_users_answers_only_for_the_users_asked(instances: Instances) -> None:
+    """Only asked users are answered; unknown names, duplicates and an empty list are fine."""
+    broker, _ = await instances.open()
+    await broker.connection_opened("alice", "c1")
+    await broker.connection_opened("bob", "c2")
+    assert await broker.online_users(["alice"]) == {"alice"}
+    assert await broker.online_users(["nobody", "alice", "alice"]) == {"alice"}
+    assert await broker.online_users([]) == set()
+
+
+async def test_online_users_takes_a_long_list(instances: Instances) -> None:
+    """A list longer than one lookup round (over a thousand users) is answered whole."""
+    broker, _ = await instances.open("a")
+    # Asked on another instance where there is one: every answer then comes from the medium.
+    reader = broker if instances.backend == "memory" else (await instances.open("b"))[0]
+    users = [f"user{i:04d}" for i in range(1200)]
+    for user in users[::7]:
+        await broker.connection_opened(user, f"c-{user}")
+    assert await reader.online_users(users) == set(users[::7])
+
+
 async def test_close_is_idempotent(instances: Instances) -> None:
     """Closing twice is harmless."""
     broker, _ = await instances.open()
@@ -311,3 +347,16 @@ async def test_presence_across_two_instances(instances: Instances) -> None:
     assert await a.connection_closed("alice", "c1") is False
     assert await b.connection_closed("alice", "c2") is True
     assert await b.connection_opened("alice", "c3") is True
+
+
+async def test_online_users_sees_every_instance(instances: Instances) -> None:
+    """Each instance sees users connected to any instance as online, and gone once closed."""
+    instances.require_several()
+    a, _ = await instances.open("a")
+    b, _ = await instances.open("b")
+    await a.connection_opened("alice", "c1")
+    await b.connection_opened("bob", "c2")
+    assert await a.online_users(["alice", "bob"]) == {"alice", "bob"}
+    assert await b.online_users(["alice", "bob"]) == {"alice", "bob"}
+    await a.connection_closed("alice", "c1")
+    assert await b.online_users(["alice", "bob"]) == {"bob"}

@@ -225,6 +225,45 @@ async def test_subscribe_and_presence_while_down_do_not_raise(cluster: Cluster,
     await until_delivered(a, seen_b)
 
 
+async def test_online_users_raises_while_redis_is_down(cluster: Cluster,
+                                                      own_redis: RedisServer) -> None:
+    """With Redis down, asking who is online raises BrokerUnavailable (the HTTP API's 503),
+    except about this instance's own users, and it answers again once Redis is back."""
+    a, _ = await cluster.open("a")
+    b, _ = await cluster.open("b")
+    await b.connection_opened("bob", "c1")
+    own_redis.kill()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(a.online_users(["alice", "bob"]), 10)
+    assert await asyncio.wait_for(a.connection_opened("alice", "c2"), 10) is False
+    assert await asyncio.wait_for(a.online_users(["alice"]), 10) == {"alice"}  # its own
+    await asyncio.to_thread(own_redis.start)  # empty: a restart without persistence
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            online = await a.online_users(["alice", "bob"])
+            break
+        except BrokerUnavailable:
+            assert time.monotonic() < deadline, "online_users still failing after Redis is back"
+            await asyncio.sleep(0.1)
+    assert "alice" in online  # bob is back at b's next refresh
+
+
+async def test_crashed_instance_users_are_offline_once_expired(shared_cluster: Cluster) -> None:
+    """A crashed instance's users stop counting as online when their entries expire (by
+    Redis's clock), even before a sweep has announced them offline."""
+    a, _ = await shared_cluster.open("a", presence_ttl=1.0)
+    b, _ = await shared_cluster.open("b")  # ttl 30 s: its first sweep is 8 s or more away
+    await a.connection_opened("alice", "c1")
+    await b.connection_opened("bob", "c2")
+    await crash(a)
+    assert await b.online_users(["alice", "bob"]) == {"alice", "bob"}
+    deadline = time.monotonic() + 10
+    while await b.online_users(["alice", "bob"]) != {"bob"}:
+        assert time.monotonic() < deadline, "alice still online long after her ttl"
+        await asyncio.sleep(0.1)
+
+
 async def test_crashed_instance_users_go_offline_exactly_once(shared_cluster: Cluster) -> None:
     """A crashed instance's users expire and one `offline` event is published, by one sweeper."""
     a, _ = await shared_cluster.open("a", presence_ttl=1.0)
