@@ -47,6 +47,10 @@ export function roomMessages(room, { before, after, limit = 50 } = {}) {
   return call("GET", `/api/rooms/${encodeURIComponent(room)}/messages?${query}`);
 }
 
+/** Who of a room's members is online now: {room, online: [names], truncated?}. */
+export const roomPresence = (room) =>
+  call("GET", `/api/rooms/${encodeURIComponent(room)}/presence`);
+
 /** true: signed in; false: the session is gone (401); null: cannot tell (server down). */
 export async function sessionValid() {
   try {

@@ -223,12 +223,9 @@ async function fetchPresence(room) {
   const mark = asked.presenceMark();
   let snapshot;
   try {
-    const response = await fetch(`/api/rooms/${encodeURIComponent(room.name)}/presence`,
-      { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (!response.ok) return;
-    snapshot = await response.json();
+    snapshot = await api.roomPresence(room.name);
   } catch {
-    return; // the server cannot be reached: the reconnect asks again
+    return; // refused or unreachable: the list keeps following changes; a reconnect asks again
   }
   if (state !== asked || !Array.isArray(snapshot?.online)) return; // logged out meanwhile
   const online = snapshot.online.map(String);
