@@ -24,7 +24,7 @@ pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
-TINY = ["--clients", "20", "--rate", "20", "--duration", "2", "--warmup", "1", "--drain", "5",
+TINY = ["--clients", "20", "--rate", "20", "--duration", "1.5", "--warmup", "0.5", "--drain", "5",
         "--startup-timeout", "20"]
 TINY_CAPACITY = ["--max-rate", "40", "--step-duration", "0.5", "--step-warmup", "0.3",
                  "--step-min-messages", "5", "--refine", "0"]
