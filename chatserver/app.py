@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from chatserver import http_api
+from chatserver import http_api, retention
 from chatserver.app_keys import CONFIG, CONTEXT
 from chatserver.broker.base import Broker
 from chatserver.config import BrokerConfig, Config, StoreConfig
@@ -113,6 +113,7 @@ def _running_instance(
             await ensure_admin(ctx)
             tasks = [asyncio.create_task(ctx.lag.run(), name="loop-lag"),
                      asyncio.create_task(ctx.streams.sweep_idle(), name="stream-idle")]
+            tasks.append(asyncio.create_task(retention.run_for(ctx), name="retention"))
             log.info("instance %s ready (store=%s broker=%s)", instance_id,
                      config.store.backend, config.broker.backend)
             try:

@@ -9,19 +9,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import secrets
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
-from chatserver import hooks
+from chatserver import export, hooks
 from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token
 from chatserver.config import Config, ConfigError, ServerConfig, load_config
 from chatserver.errors import ChatError
 from chatserver.protocol import USER_NAME
 from chatserver.rooms import Rooms
-from chatserver.store.base import Store
+from chatserver.store.base import MAX_RETENTION_DAYS, Store
 from workers.passwords import hash_password
 
 EX_CONFIG = 78
@@ -54,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     member = room.add_parser("add-member", help="add a user to a room")
     member.add_argument("room")
     member.add_argument("user")
+    retention = room.add_parser(
+        "retention", help="keep a room's messages for DAYS days (0: forever, the default)",
+        description="Keep a room's messages for DAYS days: every running server removes older "
+        "ones within the hour, and hourly after that. 0 keeps them forever.")
+    retention.add_argument("room")
+    retention.add_argument("days", metavar="DAYS", type=_retention_days)
+
+    exporter = commands.add_parser(
+        "export", help="write a room's messages as JSON lines, in seq order",
+        description="Write a room's messages as JSON lines in seq order, one message per line "
+        "as history gives it, up to the room's latest message when the export starts.")
+    exporter.add_argument("room")
+    exporter.add_argument(
+        "--output", "-o", metavar="FILE", default="-",
+        help="write to FILE (atomically: FILE.partial, renamed when complete); - is stdout, "
+        "the default")
 
     hook = commands.add_parser("hook", help="manage incoming webhooks").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -96,6 +113,17 @@ def _hook_id(value: str) -> int:
     if not 1 <= number < 2**63:
         raise argparse.ArgumentTypeError(f"{value!r} is not a hook id (see 'hook list')")
     return number
+
+
+def _retention_days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of days from 0 (keep forever) to {MAX_RETENTION_DAYS}")
+    return days
 
 
 def _is_wildcard(host: str) -> bool:
@@ -228,6 +256,37 @@ async def _room_add_member(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _room_retention(store: Store, args: argparse.Namespace) -> int:
+    room = await Rooms(store).get(args.room)
+    await store.set_retention(room.id, args.days)
+    if args.days == 0:
+        print(f"room {room.name} keeps its messages forever", file=sys.stderr)
+    else:
+        print(f"room {room.name} keeps messages for {args.days} days; running servers remove "
+              "older ones within the hour", file=sys.stderr)
+    return 0
+
+
+async def _export(store: Store, args: argparse.Namespace) -> int:
+    room = await Rooms(store).get(args.room)  # before any file is made
+    try:
+        if args.output == "-":
+            count = await export.export_to_stdout(store, room)
+        else:
+            count = await export.export_to_file(store, room, args.output)
+    except BrokenPipeError:  # `chatserver export ROOM | head`: the reader has all it wants
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        print(f"chatserver: cannot write {args.output}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    where = "" if args.output == "-" else f" to {args.output}"
+    print(f"exported {count} messages of room {room.name}{where}", file=sys.stderr)
+    return 0
+
+
 async def _hook_create(store: Store, args: argparse.Namespace) -> int:
     hook, token = await hooks.create(store, args.room, args.name, None)
     # Only the URL on stdout, so `URL=$(chatserver hook create ops)` works.
@@ -263,6 +322,8 @@ _ADMIN: dict[tuple[str, str | None], Callable[[Store, argparse.Namespace], Await
     ("user", "disable"): _user_disable,
     ("room", "create"): _room_create,
     ("room", "add-member"): _room_add_member,
+    ("room", "retention"): _room_retention,
+    ("export", None): _export,
     ("hook", "create"): _hook_create,
     ("hook", "list"): _hook_list,
     ("hook", "revoke"): _hook_revoke,

@@ -68,6 +68,7 @@ class LimitsConfig:
     connections_per_user: int = 20  # open WebSockets per user on one instance
     connections_per_instance: int = 10000
     rooms_per_connection: int = 500
+    max_file_bytes: int = 10 * 1024 * 1024  # largest upload (POST /api/rooms/{room}/files)
     rate: RateConfig = field(default_factory=RateConfig)
     login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
@@ -94,6 +95,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesConfig:
+    # Uploads live here (the bytes, under random names; the database keeps the metadata).
+    # Relative to the working directory like [store] path; systemd: under StateDirectory.
+    dir: str = "files"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -102,6 +110,7 @@ class Config:
     pools: PoolsConfig = field(default_factory=PoolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     source: str = "<defaults>"  # the file it came from, for messages
 
 
@@ -128,6 +137,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "pools": PoolsConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "files": FilesConfig,
 }
 _SUBTABLES: dict[tuple[type[Any], str], type[Any]] = {
     (LimitsConfig, "rate"): RateConfig,
@@ -387,6 +397,25 @@ def _check_values(config: Config, source: str) -> None:
             f"must be 0 (off) or {SLOW_CALLBACK_MIN_MS}..{SLOW_CALLBACK_MAX_MS} milliseconds, "
             f"got {log.slow_callback_ms}",
         )
+
+    _check_files(config, source)
+
+
+# An upload limit past this is a typo (a 1 TiB chat attachment is not a policy).
+MAX_FILE_BYTES_LIMIT = 1 << 40
+
+
+def _check_files(config: Config, source: str) -> None:
+    """Uploads: `[limits] max_file_bytes` and `[files] dir`."""
+    limit = config.limits.max_file_bytes
+    if not 1 <= limit <= MAX_FILE_BYTES_LIMIT:
+        raise ConfigError(source, "[limits] max_file_bytes",
+                          f"must be 1..{MAX_FILE_BYTES_LIMIT} bytes, got {limit}")
+    directory = config.files.dir
+    if not directory.strip() or "\x00" in directory:
+        raise ConfigError(source, "[files] dir",
+                          "must be a directory path (relative to the working directory, or "
+                          f"absolute), got {json.dumps(directory)}")
 
 
 def _one_of(choices: tuple[str, ...]) -> str:

@@ -27,7 +27,7 @@ from typing import TypeVar, TypeVarTuple
 
 from chatserver.config import PoolsConfig
 from chatserver.metrics import JOB_BUCKETS, Buckets
-from workers import lifeline, markdown, passwords
+from workers import lifeline, markdown, passwords, thumbnails
 
 __all__ = ["Executors", "PoolStats"]
 
@@ -127,6 +127,12 @@ class Executors:
             with self._counting("render_markdown_inline"):
                 return markdown.render(text)
         return await self.run_cpu(markdown.render, text, job="render_markdown")
+
+    async def make_thumbnail(self, source: str, target: str) -> thumbnails.Thumbnail:
+        """A thumbnail of the image file `source` written to `target`
+        (`workers.thumbnails.make_thumbnail`), in the process pool: decoding is GIL-bound C
+        and Python, and a hostile image must cost a worker, never the loop."""
+        return await self.run_cpu(thumbnails.make_thumbnail, source, target, job="thumbnail")
 
     async def hash_password(self, password: str) -> str:
         """An argon2id hash of `password` (`workers.passwords.hash_password`), on a thread."""

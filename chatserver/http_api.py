@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatserver import auth, hooks, protocol
+from chatserver import auth, files_api, hooks, protocol, search_api
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
 from chatserver.errors import (
@@ -144,7 +144,9 @@ async def me(request: web.Request) -> web.StreamResponse:
 async def list_rooms(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     listings = await _ctx(request).rooms.visible(info.user)
-    return json_response({"rooms": [room_body(r) for r in listings]})
+    # retention_days only here, where the listing read it (create and direct answers do not).
+    return json_response({"rooms": [{**room_body(r), "retention_days": r.retention_days}
+                                    for r in listings]})
 
 
 async def create_room(request: web.Request) -> web.StreamResponse:
@@ -301,3 +303,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/hooks/{token}", post_hook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    search_api.add_routes(app)  # GET /api/search
+    files_api.add_routes(app)  # POST /api/rooms/{room}/files, GET /api/files/{id}[/thumbnail]

@@ -7,13 +7,14 @@ across concurrent appends (the store resolves a batch's futures in seq order).
 
 from __future__ import annotations
 
+import html as _html
 import time
 from collections.abc import Callable
 
 from chatserver import protocol
 from chatserver.broker.base import Broker, Event
 from chatserver.executors import Executors
-from chatserver.store.base import NewMessage, Room, Store, StoredMessage, User
+from chatserver.store.base import NewMessage, Room, Store, StoredFile, StoredMessage, User
 
 OnDurable = Callable[[StoredMessage], None]
 
@@ -63,5 +64,28 @@ class MessageService:
         html = await self.render(text)
         return await self.store_and_publish(
             NewMessage(room.id, room.name, user.id, user.name, text, html, stream, aborted),
+            on_durable, received=received,
+        )
+
+    async def post_file(
+        self,
+        room: Room,
+        user: User,
+        caption: str | None,
+        file: StoredFile,
+        *,
+        on_durable: OnDurable | None = None,
+    ) -> StoredMessage:
+        """Post an upload already recorded (chatserver.files): the caption as the text, or
+        without one the file's name, as plain text (escaped, not Markdown: a name like
+        `a_b_c.txt` must not turn italic), so a client that knows nothing of files still
+        shows what was posted."""
+        received = time.monotonic()
+        if caption:
+            text, html = caption, await self.render(caption)
+        else:
+            text, html = file.name, f"<p>{_html.escape(file.name, quote=False)}</p>"
+        return await self.store_and_publish(
+            NewMessage(room.id, room.name, user.id, user.name, text, html, file=file),
             on_durable, received=received,
         )

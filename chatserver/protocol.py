@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from chatserver.errors import BadRequest, ChatError, TooLarge, UnknownOp
-from chatserver.store.base import StoredMessage
+from chatserver.store.base import StoredFile, StoredMessage
 
 ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Lower case only, so "Alice" and "alice" can never be two people; login lower-cases input.
@@ -234,6 +234,22 @@ def message_body(message: StoredMessage) -> dict[str, Any]:
         body["stream"] = message.stream
         if message.aborted:
             body["aborted"] = True
+    if message.file is not None:
+        body["file"] = file_body(message.file)
+    return body
+
+
+def file_body(file: StoredFile) -> dict[str, Any]:
+    """A message's `file` (docs/protocol.md §10, "Files"); `thumbnail_url` once one exists."""
+    body: dict[str, Any] = {
+        "id": file.id,
+        "name": file.name,
+        "size": file.size,
+        "content_type": file.content_type,
+        "url": f"/api/files/{file.id}",
+    }
+    if file.thumbnail == "ready":
+        body["thumbnail_url"] = f"/api/files/{file.id}/thumbnail"
     return body
 
 

@@ -23,12 +23,16 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from chatserver.errors import StoreUnavailable
 from chatserver.metrics import BATCH_SIZE_BUCKETS, COMMIT_BUCKETS, Buckets
 
+if TYPE_CHECKING:  # search types, for the search_messages signature only
+    from chatserver.search import Cursor, SearchPage, SearchQuery
+
 RoomKind = Literal["public", "private", "direct"]
+MAX_RETENTION_DAYS = 36500  # a hundred years: anything longer is a typo, not a policy
 TokenKind = Literal["api", "session"]
 
 
@@ -70,6 +74,7 @@ class RoomListing:
     member: bool
     last_seq: int
     members: tuple[str, ...] = ()  # filled only for direct rooms
+    retention_days: int = 0  # messages older than this many days are removed; 0: kept forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,44 @@ class Hook:
         return self.revoked_at is not None
 
 
+ThumbnailState = Literal["none", "pending", "ready", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """An upload already on disk, to record: `id` is random and names it on disk; `name` is
+    the sanitised client file name, metadata only."""
+
+    id: str
+    room_id: int
+    uploader_id: int
+    uploader: str
+    name: str
+    size: int
+    content_type: str  # from the bytes, never the client's claim
+    sha256: str  # hex
+    thumbnail: ThumbnailState = "none"  # "pending" for images, until their job has run
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A recorded upload. `seq` is the message that posted it, once that message is stored
+    (the link is written in the message's own transaction); None before."""
+
+    id: str
+    room_id: int
+    room: str
+    uploader: str
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    created_at: str  # ISO 8601 UTC like StoredMessage.ts
+    thumbnail: ThumbnailState = "none"
+    thumbnail_type: str | None = None  # "image/png" or "image/jpeg" once ready
+    seq: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message ready to store: text already validated, html already rendered off the loop."""
@@ -100,6 +143,7 @@ class NewMessage:
     html: str
     stream: str | None = None
     aborted: bool = False
+    file: StoredFile | None = None  # an upload (its row already stored) this message posts
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +157,7 @@ class StoredMessage:
     ts: str  # ISO 8601 UTC with milliseconds and a Z, e.g. 2026-11-22T10:00:00.123Z
     stream: str | None = None
     aborted: bool = False
+    file: StoredFile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +183,15 @@ class WriterTimings:
 
     commit_seconds: Buckets = field(default_factory=lambda: Buckets(COMMIT_BUCKETS))
     batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedMessages:
+    """What one `Store.remove_messages_before` call removed: how many messages, and the ids
+    of their files, whose rows went with them and whose bytes the caller removes."""
+
+    count: int = 0
+    file_ids: tuple[str, ...] = ()
 
 
 class Store(abc.ABC):
@@ -260,6 +314,28 @@ class Store(abc.ABC):
         """Revoke the hook (idempotent: a second revoke keeps the first time) and return it;
         `NotFound` for an unknown id."""
 
+    # -- files (uploads; chatserver.files stores their bytes) ---------------------------------
+
+    @abc.abstractmethod
+    async def add_file(self, file: NewFile) -> StoredFile:
+        """Record an upload; `NotFound` for an unknown room or user, `Conflict` if the id is
+        taken. It stays unlinked (seq None) until `append_message` posts it."""
+
+    @abc.abstractmethod
+    async def get_file(self, file_id: str) -> StoredFile | None: ...
+
+    @abc.abstractmethod
+    async def set_file_thumbnail(
+        self, file_id: str, state: ThumbnailState, thumbnail_type: str | None,
+        content_type: str | None = None,
+    ) -> StoredFile:
+        """Record the thumbnail job's outcome (and, when given, the content type the bytes
+        turned out to have); `NotFound` for an unknown id."""
+
+    @abc.abstractmethod
+    async def delete_file(self, file_id: str) -> None:
+        """Forget the upload (idempotent); removing its bytes is the caller's job."""
+
     # -- messages ---------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -280,6 +356,52 @@ class Store(abc.ABC):
     async def latest_seq(self, room_id: int) -> int:
         """The room's highest stored seq; 0 for an empty room."""
 
+    # -- search (chatserver/search.py; the engines in store/search_sqlite.py, search_postgres.py)
+
+    @abc.abstractmethod
+    async def search_messages(
+        self,
+        user_id: int,
+        query: SearchQuery,
+        *,
+        room_id: int | None = None,
+        after: Cursor | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        """One page of full-text hits over the rooms `user_id` may read now (public rooms and
+        the rooms they are a member of; with `room_id`, that room only, and only if readable),
+        best first: relevance, then newest, then room and seq (descending). `after` is the
+        previous page's `next`: pages never repeat or skip a hit while the messages stay as
+        they were. The permission check is part of the query, never a filter on a page. Runs
+        on the read path. `BadRequest` when the query has no indexed word (PostgreSQL drops
+        stop words such as 'the')."""
+
+    # -- retention (chatserver.retention runs the job) ---------------------------------------
+
+    @abc.abstractmethod
+    async def set_retention(self, room_id: int, days: int) -> None:
+        """Keep the room's messages for `days` days (0: forever); `NotFound` for an unknown
+        room, `BadRequest` outside 0..36500."""
+
+    @abc.abstractmethod
+    async def rooms_with_retention(self) -> list[tuple[Room, int]]:
+        """Every room whose retention is not forever, with its days, by id."""
+
+    @abc.abstractmethod
+    async def remove_messages_before(
+        self, room_id: int, before_ms: int, limit: int
+    ) -> RemovedMessages:
+        """Remove the room's oldest messages stored before `before_ms` (epoch milliseconds),
+        at most `limit` in one transaction, with their files' rows and search entries; return
+        what this call removed.
+
+        Removal stops at the room's oldest message still kept: a room's `ts` grows with its
+        seq, so that leaves only messages whose clock stepped back across the cut-off, which a
+        later call removes once its cut-off passes them. Idempotent and safe for several
+        instances at once (a message or file already removed is not reported twice). The room's
+        `latest_seq` does not change: removed seqs are never given out again.
+        """
+
 
 def format_ts(epoch_ms: int) -> str:
     """Milliseconds since the epoch as `2026-11-22T10:00:00.123Z`."""
@@ -288,14 +410,19 @@ def format_ts(epoch_ms: int) -> str:
 
 
 __all__ = [
+    "MAX_RETENTION_DAYS",
     "Hook",
+    "NewFile",
     "NewMessage",
+    "RemovedMessages",
     "Room",
     "RoomKind",
     "RoomListing",
     "Store",
     "StoreUnavailable",
+    "StoredFile",
     "StoredMessage",
+    "ThumbnailState",
     "TokenInfo",
     "TokenKind",
     "User",

@@ -25,14 +25,21 @@ from typing import Any, TypeVar, cast
 import asyncpg  # type: ignore[import-untyped]  # no py.typed: asyncpg objects are Any here
 
 from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from chatserver.search import Cursor, SearchPage, SearchQuery
+from chatserver.store import postgres_files, search_postgres
 from chatserver.store.base import (
+    MAX_RETENTION_DAYS,
     Hook,
+    NewFile,
     NewMessage,
+    RemovedMessages,
     Room,
     RoomKind,
     RoomListing,
     Store,
+    StoredFile,
     StoredMessage,
+    ThumbnailState,
     TokenInfo,
     TokenKind,
     User,
@@ -435,7 +442,8 @@ class PostgresStore(Store):
             f"SELECT {_ROOM}, r.last_seq, m.user_id IS NOT NULL,"
             "  CASE WHEN r.kind = 'direct' THEN ARRAY("
             "    SELECT u.name FROM members o JOIN users u ON u.id = o.user_id"
-            '    WHERE o.room_id = r.id ORDER BY u.name COLLATE "C") END'
+            '    WHERE o.room_id = r.id ORDER BY u.name COLLATE "C") END,'
+            "  r.retention_days"
             " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $1"
             " WHERE r.kind = 'public' OR m.user_id IS NOT NULL"
             ' ORDER BY r.name COLLATE "C"'
@@ -443,7 +451,8 @@ class PostgresStore(Store):
         rows = await self._run(lambda c: c.fetch(sql, user_id))
         return [
             RoomListing(
-                room=_room(row), member=row[5], last_seq=row[4], members=tuple(row[6] or ())
+                room=_room(row), member=row[5], last_seq=row[4], members=tuple(row[6] or ()),
+                retention_days=row[7],
             )
             for row in rows
         ]
@@ -492,6 +501,38 @@ class PostgresStore(Store):
             raise NotFound(f"no hook with id {hook_id}")
         return _hook(row)
 
+    # -- files (chatserver/store/postgres_files.py) ---------------------------------------------
+
+    async def add_file(self, file: NewFile) -> StoredFile:
+        row = await self._write(
+            lambda c: c.fetchrow(
+                postgres_files.INSERT_FILE,
+                file.id, file.room_id, file.uploader_id, file.uploader, file.name, file.size,
+                file.content_type, file.sha256, _now_ms(), file.thumbnail,
+            ),
+            conflict="that file id is taken",
+            not_found="no such room or user",
+        )
+        return postgres_files.file_from_row(row)
+
+    async def get_file(self, file_id: str) -> StoredFile | None:
+        sql = f"{postgres_files.SELECT_FILE} WHERE f.id = $1"
+        row = await self._run(lambda c: c.fetchrow(sql, file_id))
+        return postgres_files.file_from_row(row) if row else None
+
+    async def set_file_thumbnail(
+        self, file_id: str, state: ThumbnailState, thumbnail_type: str | None,
+        content_type: str | None = None,
+    ) -> StoredFile:
+        row = await self._write(lambda c: c.fetchrow(
+            postgres_files.UPDATE_THUMBNAIL, file_id, state, thumbnail_type, content_type))
+        if row is None:
+            raise NotFound("no such file")
+        return postgres_files.file_from_row(row)
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._write(lambda c: c.execute(postgres_files.DELETE_FILE, file_id))
+
     # -- messages ------------------------------------------------------------------------------
 
     async def append_message(self, message: NewMessage) -> StoredMessage:
@@ -510,8 +551,12 @@ class PostgresStore(Store):
             f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
             " WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"
         )
-        rows = await self._run(lambda c: c.fetch(sql, room_id, after, limit))
-        return [_message(row) for row in rows]
+
+        async def read(c: Any) -> list[StoredMessage]:
+            rows = await c.fetch(sql, room_id, after, limit)
+            return await postgres_files.attach_files(c, room_id, [_message(row) for row in rows])
+
+        return await self._run(read)
 
     async def messages_before(
         self, room_id: int, before: int | None, limit: int
@@ -523,14 +568,94 @@ class PostgresStore(Store):
             f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
             " WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
         )
-        rows = await self._run(lambda c: c.fetch(sql, room_id, bound, limit))
-        return [_message(row) for row in reversed(rows)]
+
+        async def read(c: Any) -> list[StoredMessage]:
+            rows = await c.fetch(sql, room_id, bound, limit)
+            messages = [_message(row) for row in reversed(rows)]
+            return await postgres_files.attach_files(c, room_id, messages)
+
+        return await self._run(read)
 
     async def latest_seq(self, room_id: int) -> int:
         value = await self._run(
             lambda c: c.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id)
         )
         return int(value) if value is not None else 0
+
+    # -- search (chatserver/store/search_postgres.py) ---------------------------------------
+
+    async def search_messages(
+        self,
+        user_id: int,
+        query: SearchQuery,
+        *,
+        room_id: int | None = None,
+        after: Cursor | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        page, searchable = await self._run(
+            lambda c: search_postgres.search(c, user_id, query, room_id, after, limit)
+        )
+        if not searchable:
+            raise BadRequest(
+                "the search query has only words too common to be indexed (such as 'the')"
+            )
+        return page
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def set_retention(self, room_id: int, days: int) -> None:
+        if not 0 <= days <= MAX_RETENTION_DAYS:
+            raise BadRequest(f"retention must be 0..{MAX_RETENTION_DAYS} days")
+        found = await self._write(
+            lambda c: c.fetchval(
+                "UPDATE rooms SET retention_days = $1 WHERE id = $2 RETURNING id", days, room_id
+            )
+        )
+        if found is None:
+            raise NotFound("no such room")
+
+    async def rooms_with_retention(self) -> list[tuple[Room, int]]:
+        sql = (
+            f"SELECT {_ROOM}, r.retention_days FROM rooms r"
+            " WHERE r.retention_days > 0 ORDER BY r.id"
+        )
+        rows = await self._run(lambda c: c.fetch(sql))
+        return [(_room(row), int(row[4])) for row in rows]
+
+    async def remove_messages_before(
+        self, room_id: int, before_ms: int, limit: int
+    ) -> RemovedMessages:
+        if limit <= 0:
+            return RemovedMessages()
+        # One statement on the pool, like the other rare writes, not through the append
+        # writer: it locks only the rows it removes, never the rooms row appends allocate
+        # seqs under, so appends to the room go on meanwhile. The search entries are a
+        # column of the removed rows (0003).
+        row = await self._write(
+            lambda c: c.fetchrow(_REMOVE_BEFORE, room_id, before_ms, limit)
+        )
+        return RemovedMessages(int(row[0]), tuple(row[1]))
+
+
+# The oldest `limit` messages of room $1, up to (not including) the first one stored at or
+# after $2, and their files' rows: a range of the primary key, so it costs `limit` rows whatever
+# the room's size. An instance removing the same rows at once waits for this one's row locks,
+# then finds them gone (READ COMMITTED re-checks them): nothing is reported twice. See
+# Store.remove_messages_before.
+_REMOVE_BEFORE = """
+WITH oldest AS MATERIALIZED (
+    SELECT seq, ts FROM messages WHERE room_id = $1 ORDER BY seq LIMIT $3
+), bound AS (
+    SELECT max(seq) AS seq FROM oldest
+    WHERE seq < (SELECT coalesce(min(seq), 1::bigint << 62) FROM oldest WHERE ts >= $2)
+), removed AS (
+    DELETE FROM messages m USING bound b WHERE m.room_id = $1 AND m.seq <= b.seq RETURNING 1
+), files AS (
+    DELETE FROM files f USING bound b WHERE f.room_id = $1 AND f.seq <= b.seq RETURNING f.id
+)
+SELECT (SELECT count(*) FROM removed), ARRAY(SELECT id FROM files)
+"""
 
 
 __all__ = ["DEFAULT_TIMEOUT", "UNREACHABLE", "PostgresStore", "WriterStats", "direct_room_name"]

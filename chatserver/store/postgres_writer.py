@@ -38,6 +38,7 @@ import asyncpg  # type: ignore[import-untyped]
 from asyncpg.exceptions import _base as asyncpg_base  # type: ignore[import-untyped]
 
 from chatserver.errors import BadRequest, NotFound, StoreUnavailable
+from chatserver.store import postgres_files
 from chatserver.store.base import (
     NewMessage,
     StoredMessage,
@@ -193,6 +194,13 @@ WITH locked AS MATERIALIZED (
            b.id, b.user_id, b.user_name, b.text, b.html, k.ts, b.stream, b.aborted
     FROM batch b JOIN bumped k ON k.id = b.room_id
     RETURNING id, room_id, seq, ts
+), linked AS (
+    -- An upload's message links its file (postgres_files) in this same transaction. Unread
+    -- by the final SELECT, but PostgreSQL runs every data-modifying WITH to completion.
+    UPDATE files f SET seq = i.seq
+    FROM inserted i JOIN unnest($2::text[], $11::text[]) AS l(message_id, file_id)
+        ON l.message_id = i.id
+    WHERE f.id = l.file_id AND f.room_id = i.room_id AND f.seq IS NULL
 )
 SELECT i.id, i.seq, i.ts, k.name FROM inserted i JOIN bumped k ON k.id = i.room_id
 """
@@ -397,6 +405,7 @@ class PostgresWriter:
                     [m.aborted for m in messages],
                     room_ids,
                     [rooms[r] for r in room_ids],
+                    [m.file.id if m.file is not None else None for m in messages],
                 )
             )
 
@@ -415,6 +424,7 @@ def _stored(append: _Append, row: Any) -> _Outcome:
         ts=format_ts(row[2]),
         stream=message.stream,
         aborted=message.aborted,
+        file=postgres_files.posted(message.file, row[1]),
     )
 
 

@@ -18,15 +18,22 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from chatserver.errors import Conflict, NotFound, StoreUnavailable
+from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from chatserver.search import Cursor, SearchPage, SearchQuery
+from chatserver.store import search_sqlite, sqlite_files
 from chatserver.store.base import (
+    MAX_RETENTION_DAYS,
     Hook,
+    NewFile,
     NewMessage,
+    RemovedMessages,
     Room,
     RoomKind,
     RoomListing,
     Store,
+    StoredFile,
     StoredMessage,
+    ThumbnailState,
     TokenInfo,
     TokenKind,
     User,
@@ -463,6 +470,24 @@ class SqliteStore(Store):
 
         return await self.run_in_writer(job)
 
+    # -- files (chatserver/store/sqlite_files.py) -----------------------------------------------
+
+    async def add_file(self, file: NewFile) -> StoredFile:
+        return await self.run_in_writer(lambda c: sqlite_files.insert_file(c, file))
+
+    async def get_file(self, file_id: str) -> StoredFile | None:
+        return await self._read(lambda c: sqlite_files.read_file(c, file_id))
+
+    async def set_file_thumbnail(
+        self, file_id: str, state: ThumbnailState, thumbnail_type: str | None,
+        content_type: str | None = None,
+    ) -> StoredFile:
+        return await self.run_in_writer(lambda c: sqlite_files.update_thumbnail(
+            c, file_id, state, thumbnail_type, content_type))
+
+    async def delete_file(self, file_id: str) -> None:
+        await self.run_in_writer(lambda c: sqlite_files.remove_file(c, file_id))
+
     # -- messages ------------------------------------------------------------------------------
 
     async def append_message(self, message: NewMessage) -> StoredMessage:
@@ -495,6 +520,7 @@ class SqliteStore(Store):
                     int(message.aborted),
                 ),
             )
+            linked = sqlite_files.link_file(conn, message.file, message.room_id, seq)
             return StoredMessage(
                 room=room,
                 seq=seq,
@@ -505,6 +531,7 @@ class SqliteStore(Store):
                 ts=format_ts(ts),
                 stream=message.stream,
                 aborted=message.aborted,
+                file=linked,
             )
 
         return await self.run_in_writer(job)
@@ -516,8 +543,12 @@ class SqliteStore(Store):
             f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
             " WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"
         )
-        rows = await self._read(lambda c: c.execute(sql, (room_id, after, limit)).fetchall())
-        return [_message(row) for row in rows]
+
+        def read(c: sqlite3.Connection) -> list[StoredMessage]:
+            rows = c.execute(sql, (room_id, after, limit)).fetchall()
+            return sqlite_files.with_files(c, room_id, [_message(row) for row in rows])
+
+        return await self._read(read)
 
     async def messages_before(
         self, room_id: int, before: int | None, limit: int
@@ -529,8 +560,12 @@ class SqliteStore(Store):
             f"SELECT {_MESSAGE} FROM messages m JOIN rooms r ON r.id = m.room_id"
             " WHERE m.room_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
         )
-        rows = await self._read(lambda c: c.execute(sql, (room_id, bound, limit)).fetchall())
-        return [_message(row) for row in reversed(rows)]
+
+        def read(c: sqlite3.Connection) -> list[StoredMessage]:
+            rows = c.execute(sql, (room_id, bound, limit)).fetchall()
+            return sqlite_files.with_files(c, room_id, [_message(row) for row in reversed(rows)])
+
+        return await self._read(read)
 
     async def latest_seq(self, room_id: int) -> int:
         row = await self._read(
@@ -538,13 +573,83 @@ class SqliteStore(Store):
         )
         return int(row[0]) if row else 0
 
+    # -- search (chatserver/store/search_sqlite.py) -----------------------------------------
+
+    async def search_messages(
+        self,
+        user_id: int,
+        query: SearchQuery,
+        *,
+        room_id: int | None = None,
+        after: Cursor | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(
+            lambda conn: search_sqlite.search(conn, user_id, query, room_id, after, limit)
+        )
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def set_retention(self, room_id: int, days: int) -> None:
+        if not 0 <= days <= MAX_RETENTION_DAYS:
+            raise BadRequest(f"retention must be 0..{MAX_RETENTION_DAYS} days")
+
+        def job(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE rooms SET retention_days = ? WHERE id = ?", (days, room_id))
+            if cur.rowcount == 0:
+                raise NotFound("no such room")
+
+        await self.run_in_writer(job)
+
+    async def rooms_with_retention(self) -> list[tuple[Room, int]]:
+        sql = (
+            f"SELECT {_ROOM}, r.retention_days FROM rooms r"
+            " WHERE r.retention_days > 0 ORDER BY r.id"
+        )
+        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        return [(_room(row), int(row[4])) for row in rows]
+
+    async def remove_messages_before(
+        self, room_id: int, before_ms: int, limit: int
+    ) -> RemovedMessages:
+        if limit <= 0:
+            return RemovedMessages()
+
+        # In the writer, like every write: one job of the batch transaction, so it never
+        # blocks the loop and appends queued meanwhile share its commit. The search index
+        # follows by its DELETE trigger (0003).
+        def job(conn: sqlite3.Connection) -> RemovedMessages:
+            bound = _one(conn, _REMOVAL_BOUND, (room_id, before_ms, limit))[0]
+            if bound is None:
+                return RemovedMessages()
+            files = conn.execute(
+                "DELETE FROM files WHERE room_id = ? AND seq <= ? RETURNING id", (room_id, bound)
+            ).fetchall()
+            removed = conn.execute(
+                "DELETE FROM messages WHERE room_id = ? AND seq <= ?", (room_id, bound)
+            )
+            return RemovedMessages(removed.rowcount, tuple(row[0] for row in files))
+
+        return await self.run_in_writer(job)
+
+
+# The highest seq to remove from room ?1: among its oldest ?3 messages, the last one before the
+# first stored at or after ?2 (NULL: none). A range of the primary key, so it costs ?3 rows
+# whatever the room's size, and a second run (another instance) finds nothing left to remove.
+# See Store.remove_messages_before.
+_REMOVAL_BOUND = """
+WITH oldest AS (SELECT seq, ts FROM messages WHERE room_id = ?1 ORDER BY seq LIMIT ?3)
+SELECT max(seq) FROM oldest
+WHERE seq < (SELECT coalesce(min(seq), 1 << 62) FROM oldest WHERE ts >= ?2)
+"""
+
 
 def _rooms_visible_to(conn: sqlite3.Connection, user_id: int) -> list[RoomListing]:
     # One read transaction, so the rooms and the direct rooms' members come from one snapshot.
     conn.execute("BEGIN")
     try:
         rooms = conn.execute(
-            f"SELECT {_ROOM}, r.last_seq, m.user_id IS NOT NULL FROM rooms r"
+            f"SELECT {_ROOM}, r.last_seq, m.user_id IS NOT NULL, r.retention_days FROM rooms r"
             " LEFT JOIN members m ON m.room_id = r.id AND m.user_id = ?"
             " WHERE r.kind = 'public' OR m.user_id IS NOT NULL ORDER BY r.name",
             (user_id,),
@@ -567,6 +672,7 @@ def _rooms_visible_to(conn: sqlite3.Connection, user_id: int) -> list[RoomListin
             member=bool(row[5]),
             last_seq=row[4],
             members=tuple(names.get(row[0], ())),
+            retention_days=row[6],
         )
         for row in rooms
     ]
