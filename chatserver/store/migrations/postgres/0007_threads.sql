@@ -1,0 +1,8 @@
+-- 0007: threads (docs/protocol.md §10, "Threads"): the SQLite schema's twin. A reply's
+-- `thread` is its root's seq in the same room; NULL for a top-level message. No foreign key:
+-- retention removes a root before its (younger) replies, and those replies stay.
+-- The partial index serves a thread's replies paged by seq and the reply counts of a page's
+-- roots (one grouped lookup per page, never one query per row).
+
+ALTER TABLE messages ADD COLUMN thread bigint NULL;
+CREATE INDEX messages_thread ON messages (room_id, thread, seq) WHERE thread IS NOT NULL;

@@ -1,0 +1,158 @@
+"""Threads (docs/protocol.md §10, "Threads") over the in-process server: a reply over the
+WebSocket or HTTP is live in the room with `thread`, a thread's history pages over both, roots
+in history count their replies, bad roots and unreadable rooms are refused, and search and
+export carry `thread`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from chatserver import export
+from tests.integration.conftest import Chat
+from tests.integration.helpers import fast_user
+
+
+async def post(chat: Chat, token: str, room: str, body: dict[str, Any]) -> tuple[int, Any]:
+    reply = await chat.client.post(f"/api/rooms/{room}/messages", json=body,
+                                   headers=chat.auth(token))
+    return reply.status, await reply.json()
+
+
+async def get(chat: Chat, token: str, room: str, **query: str) -> tuple[int, Any]:
+    reply = await chat.client.get(f"/api/rooms/{room}/messages", params=query,
+                                  headers=chat.auth(token))
+    return reply.status, await reply.json()
+
+
+async def test_a_reply_reaches_members_live_with_thread_and_history_matches(chat: Chat) -> None:
+    """A `send` with `thread` is acked and reaches every member as a `message` carrying
+    `thread`; history shows the same frame and the root with `replies` and `last_reply`."""
+    alice, bob = await fast_user(chat, "alice"), await fast_user(chat, "bob")
+    await chat.room("general")
+    a, b = await chat.ws(alice), await chat.ws(bob)
+    await a.join("general")
+    await b.join("general")
+    root = (await a.say("general", "lunch?"))["seq"]
+    await a.recv_op("message")
+    await b.recv_op("message")
+    ack = await b.request({"op": "send", "room": "general", "text": "yes", "thread": root},
+                          "ack")
+    assert ack["op"] == "ack", ack
+    live = await a.recv_op("message")
+    assert (live["seq"], live["thread"], live["text"]) == (ack["seq"], root, "yes")
+    history = await a.request({"op": "history", "room": "general"}, "history")
+    [root_item, reply_item] = history["messages"]
+    assert reply_item == live
+    assert (root_item["replies"], root_item["last_reply"]) == (1, ack["seq"])
+    assert "thread" not in root_item
+    c = await chat.ws(alice)
+    await c.send({"op": "join", "room": "general", "after": root})
+    assert await c.recv_op("message") == live  # a resume replays the reply as it went live
+    for client in (a, b, c):
+        await client.close()
+
+
+async def test_thread_history_pages_replies_over_websocket_and_http(chat: Chat) -> None:
+    """`history` with `thread` (op and GET ?thread=) gives only that thread's replies by seq,
+    with before/after/limit and `more` as for the room."""
+    alice = await fast_user(chat, "alice")
+    await chat.room("general")
+    _, root = await post(chat, alice, "general", {"text": "root"})
+    replies = []
+    for n in range(3):
+        await post(chat, alice, "general", {"text": f"main {n}"})
+        status, body = await post(chat, alice, "general", {"text": f"r{n}", "thread": root["seq"]})
+        assert status == 201, body
+        replies.append(body["seq"])
+    status, body = await get(chat, alice, "general", thread=str(root["seq"]))
+    assert status == 200 and [m["seq"] for m in body["messages"]] == replies
+    assert all(m["thread"] == root["seq"] for m in body["messages"]) and not body["more"]
+    status, body = await get(chat, alice, "general", thread=str(root["seq"]), limit="2")
+    assert ([m["seq"] for m in body["messages"]], body["more"]) == (replies[1:], True)
+    a = await chat.ws(alice)
+    page = await a.request({"op": "history", "room": "general", "thread": root["seq"],
+                            "after": replies[0], "limit": 1}, "history")
+    assert ([m["text"] for m in page["messages"]], page["more"]) == (["r1"], True)
+    await a.close()
+
+
+async def test_bad_roots_are_refused_and_nothing_is_stored(chat: Chat) -> None:
+    """A reply to a reply is bad_request, to an unknown seq not_found, a non-integer thread
+    bad_request, over the WebSocket and HTTP alike; none of them takes a seq."""
+    alice = await fast_user(chat, "alice")
+    await chat.room("general")
+    _, root = await post(chat, alice, "general", {"text": "root"})
+    _, reply = await post(chat, alice, "general", {"text": "reply", "thread": root["seq"]})
+    a = await chat.ws(alice)
+    cases = [(reply["seq"], "bad_request", 400), (999, "not_found", 404),
+             ("1", "bad_request", 400), (True, "bad_request", 400), (-1, "bad_request", 400)]
+    for thread, code, status in cases:
+        got = await a.request({"op": "send", "room": "general", "text": "x", "thread": thread})
+        assert (got["op"], got["code"]) == ("error", code), (thread, got)
+        answer, body = await post(chat, alice, "general", {"text": "x", "thread": thread})
+        assert (answer, body["error"]) == (status, code), (thread, body)
+    for thread, code in ((reply["seq"], "bad_request"), (999, "not_found")):
+        got = await a.request({"op": "history", "room": "general", "thread": thread})
+        assert (got["op"], got["code"]) == ("error", code), (thread, got)
+    assert (await a.join("general"))["seq"] == reply["seq"]
+    await a.close()
+
+
+async def test_no_thread_reply_is_posted_to_or_read_from_an_unreadable_room(chat: Chat) -> None:
+    """An outsider of a private room gets forbidden for a reply and for the thread's history,
+    over both transports, and never sees a reply live."""
+    alice, eve = await fast_user(chat, "alice"), await fast_user(chat, "eve")
+    await chat.room("secret", private=True, members=("alice",))
+    _, root = await post(chat, alice, "secret", {"text": "root"})
+    e = await chat.ws(eve)
+    got = await e.request({"op": "send", "room": "secret", "text": "hi", "thread": root["seq"]})
+    assert (got["op"], got["code"]) == ("error", "forbidden")
+    got = await e.request({"op": "history", "room": "secret", "thread": root["seq"]})
+    assert (got["op"], got["code"]) == ("error", "forbidden")
+    status, body = await post(chat, eve, "secret", {"text": "hi", "thread": root["seq"]})
+    assert (status, body["error"]) == (403, "forbidden")
+    status, body = await get(chat, eve, "secret", thread=str(root["seq"]))
+    assert (status, body["error"]) == (403, "forbidden")
+    await post(chat, alice, "secret", {"text": "reply", "thread": root["seq"]})
+    await e.expect_silence(0.2)
+    await e.close()
+
+
+async def test_search_and_export_carry_the_thread(chat: Chat) -> None:
+    """A reply found by search has its root's seq as `thread`; an export line of a reply is
+    its history item, `thread` included, and the root's line counts its replies."""
+    alice = await fast_user(chat, "alice")
+    await chat.room("general")
+    _, root = await post(chat, alice, "general", {"text": "release plan"})
+    _, reply = await post(chat, alice, "general", {"text": "release tomorrow",
+                                                    "thread": root["seq"]})
+    found = await chat.client.get("/api/search", params={"q": "release"},
+                                  headers=chat.auth(alice))
+    threads = {hit["seq"]: hit["thread"] for hit in (await found.json())["results"]}
+    assert threads == {root["seq"]: None, reply["seq"]: root["seq"]}
+    chunks: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    room = await chat.ctx.store.get_room("general")
+    assert room is not None
+    await export.export_room(chat.ctx.store, room, write)
+    lines = [orjson.loads(line) for line in b"".join(chunks).splitlines()]
+    _, history = await get(chat, alice, "general")
+    assert lines == history["messages"]
+    assert (lines[0]["replies"], lines[1]["thread"]) == (1, root["seq"])
+
+
+async def test_a_stream_cannot_start_in_a_thread(chat: Chat) -> None:
+    """`stream_start` with `thread` is bad_request (streams reply only in the main timeline),
+    so a streamed answer never lands outside the thread it was meant for."""
+    alice = await fast_user(chat, "alice")
+    await chat.room("general")
+    _, root = await post(chat, alice, "general", {"text": "root"})
+    a = await chat.ws(alice)
+    got = await a.request({"op": "stream_start", "room": "general", "thread": root["seq"]})
+    assert (got["op"], got["code"]) == ("error", "bad_request")
+    await a.close()
