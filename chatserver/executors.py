@@ -128,6 +128,14 @@ class Executors:
                 return markdown.render(text)
         return await self.run_cpu(markdown.render, text, job="render_markdown")
 
+    async def render_message(self, text: str) -> tuple[str, list[str], bool]:
+        """`render_markdown` plus the text's mentions (`workers.markdown.render_message`):
+        found while rendering, off the loop, by the parser that knows what is code. Text the
+        inline path takes has no "@", hence no mention."""
+        if len(text) <= _INLINE_MAX_CHARS and _PLAIN_TEXT.fullmatch(text):
+            return await self.render_markdown(text), [], False
+        return await self.run_cpu(markdown.render_message, text, job="render_markdown")
+
     async def make_thumbnail(self, source: str, target: str) -> thumbnails.Thumbnail:
         """A thumbnail of the image file `source` written to `target`
         (`workers.thumbnails.make_thumbnail`), in the process pool: decoding is GIL-bound C

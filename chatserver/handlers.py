@@ -15,16 +15,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chatserver import protocol
+from chatserver import protocol, reads, threads
 from chatserver.broker.base import Event
 from chatserver.context import ChatContext
 from chatserver.errors import ChatError, Internal, Overloaded, RateLimited, TooLarge
+from chatserver.event_commands import Delete, Edit, React
+from chatserver.event_ops import HANDLERS as EVENT_HANDLERS  # §10 edit, delete, react
 from chatserver.protocol import (
     FrameError,
     History,
     Join,
     Leave,
     Ping,
+    Read,
     Send,
     StreamDelta,
     StreamEnd,
@@ -116,9 +119,12 @@ async def on_send(ctx: ChatContext, session: Session, cmd: Send) -> None:
     received = time.monotonic()  # the start of its delivery latency
     check_send_rate(ctx, session.user.name)
     room = await _room_for(ctx, session, cmd.room)
-    html = await ctx.messages.render(cmd.text)
+    thread = await threads.reply_root(ctx.store, room, cmd.thread)
+    rendered = await ctx.messages.render_message(cmd.text)  # with its mentions (§10)
+    html = rendered.html
     user = session.user
-    message = NewMessage(room.id, room.name, user.id, user.name, cmd.text, html)
+    message = NewMessage(room.id, room.name, user.id, user.name, cmd.text, html, thread=thread)
+    message = rendered.into(message)
     await _start_append(ctx, session, cmd.ref, ctx.messages.store_and_publish(
         message, _ack_to(ctx, session, cmd.ref), received=received))
 
@@ -154,7 +160,8 @@ async def _append(ctx: ChatContext, session: Session, ref: str | None,
 
 async def on_history(ctx: ChatContext, session: Session, cmd: History) -> None:
     room = await _room_for(ctx, session, cmd.room)
-    messages, more = await read_history(ctx, room, cmd.before, cmd.after, cmd.limit)
+    messages, more = await read_history(ctx, room, cmd.before, cmd.after, cmd.limit,
+                                        thread=cmd.thread)
     _reply(ctx, session, "history", protocol.encode({
         "op": "history", "ref": cmd.ref, "room": room.name,
         "messages": [protocol.message_body(m) for m in messages], "more": more,
@@ -162,8 +169,12 @@ async def on_history(ctx: ChatContext, session: Session, cmd: History) -> None:
 
 
 async def read_history(ctx: ChatContext, room: Room, before: int | None, after: int | None,
-                       limit: int) -> tuple[list[StoredMessage], bool]:
-    """One page ascending by seq, and whether more lie beyond it in the paging direction."""
+                       limit: int, *, thread: int | None = None
+                       ) -> tuple[list[StoredMessage], bool]:
+    """One page ascending by seq, and whether more lie beyond it in the paging direction;
+    with `thread`, of that thread's replies."""
+    if thread is not None:
+        return await threads.read_thread(ctx.store, room, thread, before, after, limit)
     if after is not None:
         page = await ctx.store.messages_after(room.id, after, limit + 1)
         return page[:limit], len(page) > limit
@@ -209,7 +220,7 @@ async def on_ping(ctx: ChatContext, session: Session, cmd: Ping) -> None:
 
 
 # Ops that end in a stored message: shutdown lets them finish so their acks go out.
-_STORING_OPS = frozenset({Send, StreamEnd})
+_STORING_OPS = frozenset({Send, StreamEnd, Edit, Delete, React})
 
 # Each command's handler, and its op (the label it is counted under at /metrics).
 _HANDLERS: dict[type[Any], tuple[Callable[[ChatContext, Session, Any], Awaitable[None]], str]] = {
@@ -222,6 +233,8 @@ _HANDLERS: dict[type[Any], tuple[Callable[[ChatContext, Session, Any], Awaitable
     StreamDelta: (on_stream_delta, "stream_delta"),
     StreamEnd: (on_stream_end, "stream_end"),
     Ping: (on_ping, "ping"),
+    Read: (reads.on_read, "read"),  # §10 read positions
 }
+_HANDLERS.update(EVENT_HANDLERS)
 
 __all__ = ["handle_frame", "read_history", "check_send_rate"]

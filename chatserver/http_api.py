@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatserver import auth, files_api, hooks, protocol, search_api
+from chatserver import auth, files_api, hooks, protocol, reads, search_api, threads
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
 from chatserver.errors import (
@@ -144,8 +144,11 @@ async def me(request: web.Request) -> web.StreamResponse:
 async def list_rooms(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     listings = await _ctx(request).rooms.visible(info.user)
+    # Read positions and unread counts (§10): one more query for all the rooms.
+    states = await _ctx(request).store.read_states(info.user.id)
     # retention_days only here, where the listing read it (create and direct answers do not).
-    return json_response({"rooms": [{**room_body(r), "retention_days": r.retention_days}
+    return json_response({"rooms": [{**room_body(r), "retention_days": r.retention_days,
+                                     **reads.listing_fields(r, states)}
                                     for r in listings]})
 
 
@@ -201,7 +204,8 @@ async def get_messages(request: web.Request) -> web.StreamResponse:
     limit = _query_int(request, "limit", protocol.HISTORY_DEFAULT_LIMIT, 1,
                        protocol.HISTORY_MAX_LIMIT)
     assert limit is not None
-    messages, more = await read_history(ctx, room, before, after, limit)
+    thread = _query_int(request, "thread", None, 0, protocol.MAX_SEQ)
+    messages, more = await read_history(ctx, room, before, after, limit, thread=thread)
     return json_response({"room": room.name, "more": more,
                           "messages": [protocol.message_body(m) for m in messages]})
 
@@ -230,9 +234,11 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     if not isinstance(text, str):
         raise BadRequest("body needs a string field 'text'")
     protocol.check_text(text, ctx.config.limits.max_message_bytes)
+    thread = threads.thread_field(body.get("thread"))
     check_send_rate(ctx, info.user.name)
     room = await ctx.rooms.readable(request.match_info["room"], info.user)
-    stored = await ctx.messages.post(room, info.user, text)
+    thread = await threads.reply_root(ctx.store, room, thread)
+    stored = await ctx.messages.post(room, info.user, text, thread=thread)
     return json_response({"room": stored.room, "seq": stored.seq, "id": stored.id,
                           "ts": stored.ts}, 201)
 

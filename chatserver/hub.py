@@ -23,10 +23,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatserver import protocol, wsframe
+from chatserver import protocol, room_events, wsframe
 from chatserver.broker.base import Broker, Event
 from chatserver.outbox import Outbox
-from chatserver.store.base import Room, Store, StoredMessage
+from chatserver.store.base import LogEntry, Room, Store
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ class Hub:
     def deliver(self, event: Event) -> None:
         if event.kind == "presence":
             self._deliver_presence(event)
+            return
+        if event.kind == "read":
+            self._deliver_read(event)
             return
         subs = self._rooms.get(event.room)
         if not subs:
@@ -195,6 +198,22 @@ class Hub:
         self.other_deliveries += count
         self.frames_out["presence"] += count
 
+    def _deliver_read(self, event: Event) -> None:
+        """A user's read position moved (chatserver.reads): to that user's own live
+        subscriptions of the room, except the connection that moved it (`key`), which got the
+        reply. Not a room event: no seq, not in the log, never to anyone else."""
+        subs = self._rooms.get(event.room)
+        if not subs:
+            return
+        frame = wsframe.text_frame(event.frame)
+        count = 0
+        for conn_id, sub in subs.items():
+            if sub.live and sub.user == event.user and conn_id != event.key:
+                sub.outbox.enqueue_frame(frame)
+                count += 1
+        self.other_deliveries += count
+        self.frames_out["read"] += count
+
     # -- joining and leaving -----------------------------------------------------------------
 
     async def join(self, room: Room, conn_id: str, user: str, outbox: Outbox,
@@ -241,7 +260,8 @@ class Hub:
         if after is None:
             latest = await self.store.latest_seq(room_id)
             return JoinResult(max(latest, sub.max_seen), False, 0)
-        missed = await self.store.messages_after(room_id, after, self.replay_max + 1)
+        # The room's log: messages and the events (edits, deletions, reactions) between them.
+        missed = await self.store.room_log_after(room_id, after, self.replay_max + 1)
         if len(missed) > self.replay_max:
             await self._enqueue_history(sub, missed[: self.replay_max])
             latest = await self.store.latest_seq(room_id)
@@ -259,21 +279,21 @@ class Hub:
     async def _catch_up(self, sub: Subscription, cursor: int) -> int:
         """Read from the store until every live seq seen meanwhile has been enqueued."""
         while sub.max_seen > cursor:
-            page = await self.store.messages_after(sub.room.id, cursor, CATCH_UP_PAGE)
+            page = await self.store.room_log_after(sub.room.id, cursor, CATCH_UP_PAGE)
             if not page:
                 break
             await self._enqueue_history(sub, page)
             cursor = page[-1].seq
         return cursor
 
-    async def _enqueue_history(self, sub: Subscription, messages: list[StoredMessage]) -> None:
+    async def _enqueue_history(self, sub: Subscription, messages: list[LogEntry]) -> None:
         outbox = sub.outbox
         for message in messages:
             # Replay is this connection's own backlog: pace it to the socket instead of
             # overflowing the bound and evicting a client for resuming.
             if outbox.queued_bytes > outbox.limit_bytes // 2:
                 await outbox.wait_below(outbox.limit_bytes // 4)
-            if not outbox.enqueue(protocol.message_frame(message)):
+            if not outbox.enqueue(room_events.log_frame(message)):
                 return
             self.replayed += 1
             self.frames_out["message"] += 1
@@ -340,9 +360,9 @@ class Hub:
         waits = 0
         try:
             while True:
-                page = await self.store.messages_after(room_id, cursor, CATCH_UP_PAGE)
+                page = await self.store.room_log_after(room_id, cursor, CATCH_UP_PAGE)
                 for message in page:
-                    frame = wsframe.text_frame(protocol.message_frame(message))
+                    frame = wsframe.text_frame(room_events.log_frame(message))
                     count = 0
                     for sub in subs:
                         if message.seq > sub.last_seq:

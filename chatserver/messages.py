@@ -11,7 +11,7 @@ import html as _html
 import time
 from collections.abc import Callable
 
-from chatserver import protocol
+from chatserver import mentions, protocol
 from chatserver.broker.base import Broker, Event
 from chatserver.executors import Executors
 from chatserver.store.base import NewMessage, Room, Store, StoredFile, StoredMessage, User
@@ -28,6 +28,10 @@ class MessageService:
 
     async def render(self, text: str) -> str:
         return await self.executors.render_markdown(text)
+
+    async def render_message(self, text: str) -> mentions.Rendered:
+        """`render` plus the text's mentions, resolved to existing users (chatserver.mentions)."""
+        return await mentions.render(self.executors, self.store, text)
 
     async def store_and_publish(
         self, message: NewMessage, on_durable: OnDurable | None = None, *,
@@ -59,11 +63,14 @@ class MessageService:
         stream: str | None = None,
         aborted: bool = False,
         on_durable: OnDurable | None = None,
+        thread: int | None = None,
     ) -> StoredMessage:
         received = time.monotonic()
-        html = await self.render(text)
+        rendered = await self.render_message(text)
+        html = rendered.html
         return await self.store_and_publish(
-            NewMessage(room.id, room.name, user.id, user.name, text, html, stream, aborted),
+            rendered.into(NewMessage(room.id, room.name, user.id, user.name, text, html,
+                                     stream, aborted, thread=thread)),
             on_durable, received=received,
         )
 
@@ -82,10 +89,13 @@ class MessageService:
         shows what was posted."""
         received = time.monotonic()
         if caption:
-            text, html = caption, await self.render(caption)
+            rendered = await self.render_message(caption)
+            text, html = caption, rendered.html
         else:
+            rendered = mentions.Rendered("")
             text, html = file.name, f"<p>{_html.escape(file.name, quote=False)}</p>"
         return await self.store_and_publish(
-            NewMessage(room.id, room.name, user.id, user.name, text, html, file=file),
+            rendered.into(NewMessage(room.id, room.name, user.id, user.name, text, html,
+                                     file=file)),
             on_durable, received=received,
         )

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from chatserver import event_commands
 from chatserver.errors import BadRequest, ChatError, TooLarge, UnknownOp
 from chatserver.store.base import StoredFile, StoredMessage
 
@@ -48,6 +49,7 @@ class Send:
     ref: str | None
     room: str
     text: str
+    thread: int | None = None  # a reply: the root's seq (§10 "Threads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class History:
     before: int | None
     after: int | None
     limit: int
+    thread: int | None = None  # that thread's replies instead of the room's messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,18 @@ class Ping:
     ref: str | None
 
 
-Command = Join | Leave | Send | History | Typing | StreamStart | StreamDelta | StreamEnd | Ping
+@dataclass(frozen=True, slots=True)
+class Read:
+    """The user has read `room` up to `seq` (§10 "Mentions and read positions")."""
+
+    ref: str | None
+    room: str
+    seq: int
+
+
+Command = (Join | Leave | Send | History | Typing | StreamStart | StreamDelta | StreamEnd | Ping
+           | event_commands.EventCommand  # edit, delete, react: §10 room events
+           | Read)  # §10 read positions
 
 
 class FrameError(Exception):
@@ -132,7 +146,7 @@ def _command(obj: dict[str, Any], ref: str | None, max_bytes: int) -> Command:
     if not isinstance(op, str):
         raise BadRequest("frame needs a string field 'op'")
     if op == "send":
-        return Send(ref, _room(obj), _text(obj, max_bytes))
+        return Send(ref, _room(obj), _text(obj, max_bytes), _seq(obj, "thread"))
     if op == "join":
         return Join(ref, _room(obj), _seq(obj, "after"))
     if op == "leave":
@@ -141,18 +155,34 @@ def _command(obj: dict[str, Any], ref: str | None, max_bytes: int) -> Command:
         before, after = _seq(obj, "before"), _seq(obj, "after")
         if before is not None and after is not None:
             raise BadRequest("'history' takes 'before' or 'after', not both")
-        return History(ref, _room(obj), before, after, _limit(obj))
+        return History(ref, _room(obj), before, after, _limit(obj), _seq(obj, "thread"))
     if op == "typing":
         return Typing(ref, _room(obj))
     if op == "ping":
         return Ping(ref)
     if op == "stream_start":
+        if obj.get("thread") is not None:
+            # Refused rather than ignored, so a streamed answer never lands in the main
+            # timeline of a client that meant it for a thread (§10 "Threads").
+            raise BadRequest("streams cannot reply in a thread yet; use 'send' with 'thread'")
         return StreamStart(ref, _room(obj))
     if op == "stream_delta":
         return StreamDelta(ref, _stream(obj), _text(obj, max_bytes))
     if op == "stream_end":
         return StreamEnd(ref, _stream(obj))
+    if op in event_commands.OPS:  # §10 room events; the room, seq and text rules are these
+        text = _text(obj, max_bytes) if op == "edit" else ""
+        return event_commands.parse(op, obj, ref, _room(obj), _seq(obj, "seq"), text)
+    if op == "read":
+        return _read(obj, ref)
     raise UnknownOp(f"unknown op {op[:40]!r}; see the protocol for the list of ops")
+
+
+def _read(obj: dict[str, Any], ref: str | None) -> Read:
+    seq = _seq(obj, "seq")
+    if seq is None:
+        raise BadRequest(f"'read' needs an integer field 'seq' from 0 to {MAX_SEQ}")
+    return Read(ref, _room(obj), seq)
 
 
 def _room(obj: dict[str, Any]) -> str:
@@ -236,7 +266,30 @@ def message_body(message: StoredMessage) -> dict[str, Any]:
             body["aborted"] = True
     if message.file is not None:
         body["file"] = file_body(message.file)
+    if message.edited is not None:  # current state after room events (§10)
+        body["edited"] = message.edited
+    if message.deleted:
+        body["deleted"] = True
+    if message.reactions:
+        body["reactions"] = [{"emoji": r.emoji, "count": r.count, "users": list(r.users)}
+                             for r in message.reactions]
+    body.update(thread_fields(message))
+    if message.mentions:  # §10 "Mentions and read positions"
+        body["mentions"] = list(message.mentions)
+    if message.mentions_room:
+        body["mentions_room"] = True
     return body
+
+
+def thread_fields(message: StoredMessage) -> dict[str, Any]:
+    """A reply's `thread`; a root's `replies` and `last_reply` where read (§10 "Threads")."""
+    fields: dict[str, Any] = {}
+    if message.thread is not None:
+        fields["thread"] = message.thread
+    if message.replies is not None:
+        fields["replies"] = message.replies.count
+        fields["last_reply"] = message.replies.last
+    return fields
 
 
 def file_body(file: StoredFile) -> dict[str, Any]:

@@ -92,7 +92,7 @@ async def remove_expired(store: Store, room: Room, before_ms: int,
             # Only the instance whose batch removed the rows gets the ids: bytes are removed
             # once. A failure here leaves orphaned bytes, never a message without its file.
             await remove_files(removed.file_ids)
-        if removed.count < BATCH_SIZE:
+        if not removed.more:
             return total
         await asyncio.sleep(BATCH_PAUSE_SECONDS)
 

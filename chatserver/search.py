@@ -71,7 +71,7 @@ class SearchHit:
     ts: str  # ISO 8601 UTC like StoredMessage.ts
     snippet: str  # HTML: escaped text, matches in <mark>
     key: Cursor  # this hit's place in the order, the next page's cursor if it is the last
-    thread: int | None = None  # until threads exist
+    thread: int | None = None  # the root's seq when the hit is a thread reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,12 @@ import time
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
-__all__ = ["render", "render_batch", "sanitize", "warm_up"]
+__all__ = [
+    "MAX_MENTIONS", "render", "render_batch", "render_message", "sanitize", "unwrap_mentions",
+    "warm_up",
+]
 
 # "js-default" is CommonMark plus GFM tables and strikethrough, with raw HTML off. `breaks`
 # turns a single newline into <br>: chat users press Enter for a new line, as in Slack,
@@ -40,16 +44,18 @@ if importlib.util.find_spec("linkify_it") is not None:
     _md.options["linkify"] = True
 
 # Everything markdown-it can emit for the rules above, and nothing else. No <img> (see above),
-# no <div>/<span>, no id attributes (they could clash with the page's own ids).
+# no <div>, no id attributes (they could clash with the page's own ids). The one <span> is a
+# mention's (`render_message`), narrowed to class="mention" by _filter_attribute.
 _TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote",
     "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
-    "table", "thead", "tbody", "tr", "th", "td",
+    "table", "thead", "tbody", "tr", "th", "td", "span",
 }  # fmt: skip
 _ATTRIBUTES = {
     "a": {"href", "title"},
     "code": {"class"},  # narrowed to one "language-…" token by _filter_attribute
     "ol": {"start"},  # "3. item" starts the list at 3
+    "span": {"class"},  # only class="mention" survives _filter_attribute
 }
 # markdown-it writes table alignment as style="text-align:…" (not the old align attribute).
 # Rather than allowing `style`, allow exactly those three values.
@@ -65,6 +71,8 @@ def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
         return value if _LANGUAGE_CLASS.fullmatch(value) else None
     if tag == "ol" and attribute == "start":
         return value if _DIGITS.fullmatch(value) else None
+    if tag == "span" and attribute == "class":
+        return value if value == MENTION_CLASS else None
     return value
 
 
@@ -106,6 +114,96 @@ def render_batch(texts: list[str]) -> list[str]:
     return [render(text) for text in texts]
 
 
+# -- mentions (docs/protocol.md §10, "Mentions and read positions") ---------------------------
+
+MENTION_CLASS = "mention"
+MENTION_ROOM = "room"  # `@room`: everyone in the room; never a user's name
+MAX_MENTIONS = 50  # distinct @names looked at per message, in order of first appearance
+# `@` then a user name (§9 "Users"), not glued to a word, an address or another mention on
+# the left (so "alice@example.com" is no mention) nor to a letter on the right ("@Bob" is not
+# "@b"...). Trailing dots are sentence punctuation ("thanks @bob."), not part of the name.
+_MENTION = re.compile(r"(?<![A-Za-z0-9_.@+-])@([a-z0-9][a-z0-9_.-]{0,31})(?![A-Za-z0-9_@-])")
+
+
+def _mention_tokens(text: str, names: dict[str, None]) -> list[Token] | None:
+    """`text` split into text and mention tokens (None when it holds no mention); new names
+    are added to `names` (an ordered set) until it holds MAX_MENTIONS."""
+    parts: list[Token] = []
+    start = 0
+    for match in _MENTION.finditer(text):
+        name = match.group(1).rstrip(".")
+        if not name:
+            continue
+        if name not in names:
+            if len(names) >= MAX_MENTIONS:
+                continue
+            names[name] = None
+        end = match.start() + 1 + len(name)
+        if match.start() > start:
+            parts.append(_text_token(text[start : match.start()]))
+        # markdown-it escapes a text token's content; the name is [a-z0-9_.-] anyway.
+        parts.append(_html_token(f'<span class="{MENTION_CLASS}">'))
+        parts.append(_text_token("@" + name))
+        parts.append(_html_token("</span>"))
+        start = end
+    if not parts:
+        return None
+    if start < len(text):
+        parts.append(_text_token(text[start:]))
+    return parts
+
+
+def _text_token(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _html_token(content: str) -> Token:
+    # The renderer writes html_inline verbatim (raw HTML off only stops the *parser* from
+    # making these); nh3 then keeps exactly <span class="mention">.
+    token = Token("html_inline", "", 0)
+    token.content = content
+    return token
+
+
+def render_message(text: str) -> tuple[str, list[str], bool]:
+    """`render` plus the message's mentions: (html, names, mentions_room).
+
+    Mentions are found in the parsed Markdown's text only, so `@bob` in a code span or a
+    code block is code, not a mention, and the renderer's own knowledge of Markdown decides
+    what is code. `names` are the distinct @names (lower case, first appearance first, at
+    most MAX_MENTIONS, `room` excluded), whether or not such users exist: the caller looks
+    them up and unwraps the ones that do not (`chatserver.mentions`). Each is wrapped in
+    `<span class="mention">`. Text without mentions renders exactly as `render` renders it.
+    """
+    if "@" not in text:
+        return render(text), [], False
+    if text.count("[") > _MAX_LINK_BRACKETS:
+        text = text.replace("[", "\\[")
+    env: dict[str, object] = {}
+    tokens = _md.parse(text, env)
+    names: dict[str, None] = {}
+    for block in tokens:
+        if block.type != "inline" or not block.children:
+            continue
+        children: list[Token] = []
+        changed = False
+        for child in block.children:
+            split = _mention_tokens(child.content, names) if child.type == "text" else None
+            if split is None:
+                children.append(child)
+            else:
+                children.extend(split)
+                changed = True
+        if changed:
+            block.children = children
+    room = MENTION_ROOM in names
+    names.pop(MENTION_ROOM, None)
+    html = sanitize(_md.renderer.render(tokens, _md.options, env))
+    return html, list(names), room
+
+
 # One of each construct, so a warm-up render touches every rule's code path once.
 _SAMPLE = (
     "# Title\n\n**bold** *em* ~~gone~~ `code` [link](https://example.com)\nnext line\n\n"
@@ -122,3 +220,11 @@ def warm_up(hold: float) -> int:
     render(_SAMPLE)
     time.sleep(hold)
     return os.getpid()
+
+
+def unwrap_mentions(html: str, names: list[str]) -> str:
+    """`render_message`'s html with the mentions of `names` (users that do not exist) back
+    to plain text."""
+    for name in names:
+        html = html.replace(f'<span class="{MENTION_CLASS}">@{name}</span>', f"@{name}")
+    return html

@@ -38,7 +38,9 @@ import orjson
 # The longest a publishing instance's own subscribers wait for an event (seconds).
 LOCAL_DELIVERY_MAX = 0.005
 
-EventKind = Literal["message", "typing", "stream", "presence"]
+# "read": a user's read position moved (chatserver.reads); delivered only to that user's
+# subscriptions of the room, never stored in the room's log, no seq.
+EventKind = Literal["message", "typing", "stream", "presence", "read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class Event:
     # Back-pressure key: a stream delta's "d:<stream>" (a slow reader's queued deltas with the
     # same key are joined), a typing or presence event's "t:<room>:<user>" / "p:<user>" (a
     # queued one is superseded by the next). Empty: the frame must be delivered as it is.
+    # A `read` event's is the connection that moved the position, which the hub skips.
     key: str = ""
     # `time.monotonic()` when this instance received what caused the event (a client's
     # `send`), for the delivery-latency histogram; 0 when unknown. Never sent to other

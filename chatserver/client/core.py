@@ -29,6 +29,10 @@ from .http import get_json
 from .stream import Stream
 from .urls import http_url, websocket_url
 
+# Frames that take a seq in a room's log (docs/protocol.md §10, "Room events"): each moves
+# the point a resume (`join after`) continues from, or a reconnect would replay them.
+ROOM_LOG_OPS = frozenset({"message", "edited", "deleted", "reaction"})
+
 log = logging.getLogger("chatserver.client")  # the package's name, as before the split
 
 MESSAGE_QUEUE_MAX = 10_000
@@ -367,7 +371,7 @@ class ChatClient:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             frame = orjson.loads(msg.data)
-            if frame.get("op") == "message":
+            if frame.get("op") in ROOM_LOG_OPS:
                 held = self._catching_up.get(frame["room"])
                 if held is not None:
                     held.append(frame)
@@ -383,6 +387,9 @@ class ChatClient:
         if last is not None and seq <= last:
             return  # already delivered before a reconnect
         self._rooms[room] = seq
+        if frame["op"] != "message":
+            return  # an edit, deletion or reaction: it moves the resume point, and history
+            #         shows its effect; `messages()` yields messages only
         # Waiting here stops reading the socket: back-pressure instead of an unbounded queue.
         await self._messages.put(frame)
 

@@ -132,6 +132,31 @@ class StoredFile:
 
 
 @dataclass(frozen=True, slots=True)
+class Mention:
+    """A user a message mentions (`@name`), looked up before the append."""
+
+    user_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """One user's read position in one room, and what lies after it (GET /api/rooms).
+
+    `unread` counts messages by others after `seq` among at most READ_WINDOW of them;
+    `capped` says the window was full (show "999+"). `mentions` counts the unread ones that
+    mention the user or @room, from the mention index, at most READ_WINDOW."""
+
+    seq: int = 0
+    unread: int = 0
+    mentions: int = 0
+    capped: bool = False
+
+
+READ_WINDOW = 1000  # messages after a read position that /api/rooms counts, per room
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message ready to store: text already validated, html already rendered off the loop."""
 
@@ -144,6 +169,11 @@ class NewMessage:
     stream: str | None = None
     aborted: bool = False
     file: StoredFile | None = None  # an upload (its row already stored) this message posts
+    thread: int | None = None  # a reply: its root's seq, already checked (chatserver.threads)
+    # Mentions (chatserver.mentions): existing users, by id and name, in order of first
+    # appearance; `mentions_room` for "@room". Stored in the message's own transaction.
+    mentions: tuple[Mention, ...] = ()
+    mentions_room: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +188,71 @@ class StoredMessage:
     stream: str | None = None
     aborted: bool = False
     file: StoredFile | None = None
+    # Current state after room events (docs/protocol.md §10): when last edited, whether
+    # deleted (text and html are then ''), and the reactions in order of first use.
+    edited: str | None = None
+    deleted: bool = False
+    reactions: tuple[Reaction, ...] = ()
+    thread: int | None = None  # a reply: its root's seq
+    # A root with replies, as history reads it: how many and the newest one's seq. None when
+    # it has none, or when not read (a live message, a reply).
+    replies: ThreadSummary | None = None
+    mentions: tuple[str, ...] = ()  # the mentioned users' names (chatserver.mentions)
+    mentions_room: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSummary:
+    """A thread root's replies as history shows them (`replies`, `last_reply`)."""
+
+    count: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRoot:
+    """What a reply's would-be root is: `thread` is its own root (a reply cannot be a root),
+    `deleted` whether it was deleted (§10 "Edits and deletions")."""
+
+    seq: int
+    thread: int | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji's reactions to a message: `count` is exact, `users` the first
+    `REACTION_USERS_MAX` by time of reacting."""
+
+    emoji: str
+    count: int
+    users: tuple[str, ...]
+
+
+REACTION_USERS_MAX = 20
+RoomEventKind = Literal["edited", "deleted", "reaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """A stored change to a room other than a message, with the room's seq it took.
+
+    `text`/`html` (edits only) are the message's text: on replay its current text, since the
+    log keeps no copy of an edit's text (a deletion must erase every copy)."""
+
+    room: str
+    seq: int
+    kind: RoomEventKind
+    target: int  # the message's seq
+    user: str  # who edited, deleted or reacted
+    ts: str
+    text: str = ""
+    html: str = ""
+    emoji: str = ""
+    added: bool = False  # reactions: added (True) or removed
+
+
+LogEntry = StoredMessage | RoomEvent  # one item of a room's log, in seq order
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +287,10 @@ class RemovedMessages:
 
     count: int = 0
     file_ids: tuple[str, ...] = ()
+    # The batch found `limit` messages to remove, so more may be left — even when another
+    # instance removing at the same moment took them and `count` is lower: a caller stops on
+    # `more`, not on `count`, or a collision would end its sweep early.
+    more: bool = False
 
 
 class Store(abc.ABC):
@@ -356,6 +455,91 @@ class Store(abc.ABC):
     async def latest_seq(self, room_id: int) -> int:
         """The room's highest stored seq; 0 for an empty room."""
 
+    # -- mentions and read positions (chatserver/mentions.py, chatserver/reads.py) ---------
+
+    @abc.abstractmethod
+    async def user_ids(self, names: list[str]) -> dict[str, int]:
+        """The ids of the users with these names (disabled ones too); unknown names left out."""
+
+    @abc.abstractmethod
+    async def set_read(self, user_id: int, room_id: int, seq: int) -> tuple[int, bool]:
+        """Move the user's read position in the room forward to `seq`, clamped to the room's
+        latest seq; a lower value changes nothing. Returns (the position now, whether it
+        moved). Through the writer, like every write."""
+
+    @abc.abstractmethod
+    async def read_states(self, user_id: int) -> dict[int, ReadState]:
+        """By room id, the user's ReadState in every room `rooms_visible_to` lists, in one
+        query; bounded per room by READ_WINDOW whatever the room's size."""
+
+    # -- threads (chatserver/threads.py; docs/protocol.md §10 "Threads") -------------------
+
+    @abc.abstractmethod
+    async def thread_root(self, room_id: int, seq: int) -> ThreadRoot | None:
+        """The room's message `seq` as a would-be thread root; None when there is none."""
+
+    @abc.abstractmethod
+    async def thread_after(
+        self, room_id: int, root: int, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The replies to `root` with seq > after, ascending, at most `limit`."""
+
+    @abc.abstractmethod
+    async def thread_before(
+        self, room_id: int, root: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        """The `limit` replies to `root` just below `before` (None: the latest), ascending."""
+
+    # -- room events (docs/protocol.md §10; store/sqlite_events.py, store/postgres_events.py)
+
+    @abc.abstractmethod
+    async def edit_message(
+        self, room_id: int, target: int, actor: User, text: str, html: str
+    ) -> RoomEvent:
+        """Replace message `target`'s text and html and store the `edited` event with the
+        room's next seq, in one durable transaction. `NotFound` for an unknown or deleted
+        message, `Forbidden` unless `actor` wrote it or is an admin."""
+
+    @abc.abstractmethod
+    async def delete_message(
+        self, room_id: int, target: int, actor: User
+    ) -> tuple[RoomEvent, tuple[str, ...]]:
+        """Erase message `target` (text and html overwritten with '', its reactions and its
+        file's row removed) and store the `deleted` event with the room's next seq; return
+        the event and the removed files' ids (their bytes are the caller's to remove).
+        `NotFound` and `Forbidden` as for `edit_message`."""
+
+    @abc.abstractmethod
+    async def react(
+        self, room_id: int, target: int, actor: User, emoji: str, add: bool
+    ) -> RoomEvent | None:
+        """Add (or remove) `actor`'s `emoji` reaction to message `target` and store the
+        `reaction` event with the room's next seq; None, and nothing stored, when it already
+        was (or was not) there. `NotFound` for an unknown or deleted message."""
+
+    @abc.abstractmethod
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[RoomEvent]:
+        """The room's events (not messages) with seq > after, ascending, at most `limit`; an
+        edit's with the message's current text. Retention removes a message's events."""
+
+    async def room_log_after(self, room_id: int, after: int, limit: int) -> list[LogEntry]:
+        """The room's log after seq `after`: messages (as `messages_after` reads them, current
+        state included) and events merged in seq order, at most `limit`. What join replay and
+        gap recovery deliver, so nothing of the range may be missing.
+
+        Three reads, not one snapshot: the room's latest seq first, then both pages, cut at
+        that seq. A seq is visible only once every lower seq of the room committed (both
+        backends allocate seqs under the room's write lock until commit), so everything up to
+        it is in both later reads; what is above is left for the next call."""
+        if limit <= 0:
+            return []
+        latest = await self.latest_seq(room_id)
+        messages = await self.messages_after(room_id, after, limit)
+        events = await self.events_after(room_id, after, limit)
+        entries: list[LogEntry] = [*messages, *events]
+        entries.sort(key=lambda entry: entry.seq)
+        return [entry for entry in entries[:limit] if entry.seq <= latest]
+
     # -- search (chatserver/search.py; the engines in store/search_sqlite.py, search_postgres.py)
 
     @abc.abstractmethod
@@ -414,6 +598,11 @@ __all__ = [
     "Hook",
     "NewFile",
     "NewMessage",
+    "REACTION_USERS_MAX",
+    "Reaction",
+    "RoomEvent",
+    "RoomEventKind",
+    "LogEntry",
     "RemovedMessages",
     "Room",
     "RoomKind",
@@ -422,6 +611,11 @@ __all__ = [
     "StoreUnavailable",
     "StoredFile",
     "StoredMessage",
+    "Mention",
+    "READ_WINDOW",
+    "ReadState",
+    "ThreadRoot",
+    "ThreadSummary",
     "ThumbnailState",
     "TokenInfo",
     "TokenKind",

@@ -26,19 +26,28 @@ import asyncpg  # type: ignore[import-untyped]  # no py.typed: asyncpg objects a
 
 from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from chatserver.search import Cursor, SearchPage, SearchQuery
-from chatserver.store import postgres_files, search_postgres
+from chatserver.store import (
+    postgres_events,
+    postgres_files,
+    postgres_reads,
+    postgres_threads,
+    search_postgres,
+)
 from chatserver.store.base import (
     MAX_RETENTION_DAYS,
     Hook,
     NewFile,
     NewMessage,
+    ReadState,
     RemovedMessages,
     Room,
+    RoomEvent,
     RoomKind,
     RoomListing,
     Store,
     StoredFile,
     StoredMessage,
+    ThreadRoot,
     ThumbnailState,
     TokenInfo,
     TokenKind,
@@ -554,7 +563,10 @@ class PostgresStore(Store):
 
         async def read(c: Any) -> list[StoredMessage]:
             rows = await c.fetch(sql, room_id, after, limit)
-            return await postgres_files.attach_files(c, room_id, [_message(row) for row in rows])
+            page = await postgres_files.attach_files(c, room_id, [_message(row) for row in rows])
+            page = await postgres_events.attach_state(c, room_id, page)  # §10
+            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return await postgres_threads.with_threads(c, room_id, page)
 
         return await self._run(read)
 
@@ -572,7 +584,45 @@ class PostgresStore(Store):
         async def read(c: Any) -> list[StoredMessage]:
             rows = await c.fetch(sql, room_id, bound, limit)
             messages = [_message(row) for row in reversed(rows)]
-            return await postgres_files.attach_files(c, room_id, messages)
+            page = await postgres_files.attach_files(c, room_id, messages)
+            page = await postgres_events.attach_state(c, room_id, page)  # §10
+            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return await postgres_threads.with_threads(c, room_id, page)
+
+        return await self._run(read)
+
+    # -- threads (chatserver/store/postgres_threads.py) --------------------------------------
+
+    async def thread_root(self, room_id: int, seq: int) -> ThreadRoot | None:
+        return await self._run(lambda c: postgres_threads.thread_root(c, room_id, seq))
+
+    async def thread_after(
+        self, room_id: int, root: int, after: int, limit: int
+    ) -> list[StoredMessage]:
+        return await self._thread_page(room_id, root, after, limit, after=True)
+
+    async def thread_before(
+        self, room_id: int, root: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        bound = before if before is not None else 1 << 62
+        return await self._thread_page(room_id, root, bound, limit, after=False)
+
+    async def _thread_page(
+        self, room_id: int, root: int, bound: int, limit: int, *, after: bool
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        sql = postgres_threads.page_sql(_MESSAGE, after)
+
+        async def read(c: Any) -> list[StoredMessage]:
+            rows = await c.fetch(sql, room_id, root, bound, limit)
+            ordered = rows if after else list(reversed(rows))
+            # Through the same per-page steps as messages_after, so a reply reads the same in
+            # its thread as in the room's history.
+            page = await postgres_files.attach_files(c, room_id, [_message(r) for r in ordered])
+            page = await postgres_events.attach_state(c, room_id, page)  # §10
+            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return await postgres_threads.with_threads(c, room_id, page)
 
         return await self._run(read)
 
@@ -581,6 +631,48 @@ class PostgresStore(Store):
             lambda c: c.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id)
         )
         return int(value) if value is not None else 0
+
+    # -- mentions and read positions (chatserver/store/postgres_reads.py) ---------------------
+
+    async def user_ids(self, names: list[str]) -> dict[str, int]:
+        return await self._run(lambda c: postgres_reads.user_ids(c, names))
+
+    async def set_read(self, user_id: int, room_id: int, seq: int) -> tuple[int, bool]:
+        row = await self._write(lambda c: c.fetchrow(postgres_reads.SET_READ, user_id, room_id,
+                                                     seq))
+        latest, before, moved = row
+        if latest is None:
+            raise NotFound("no such room")
+        if moved is not None:
+            return int(moved), True
+        return int(before or 0), False
+
+    async def read_states(self, user_id: int) -> dict[int, ReadState]:
+        return await self._run(lambda c: postgres_reads.read_states(c, user_id))
+
+    # -- room events (chatserver/store/postgres_events.py) ------------------------------------
+
+    async def edit_message(
+        self, room_id: int, target: int, actor: User, text: str, html: str
+    ) -> RoomEvent:
+        return await self._run(
+            lambda c: postgres_events.edit(c, room_id, target, actor, text, html))
+
+    async def delete_message(
+        self, room_id: int, target: int, actor: User
+    ) -> tuple[RoomEvent, tuple[str, ...]]:
+        return await self._run(lambda c: postgres_events.delete(c, room_id, target, actor))
+
+    async def react(
+        self, room_id: int, target: int, actor: User, emoji: str, add: bool
+    ) -> RoomEvent | None:
+        return await self._run(
+            lambda c: postgres_events.react(c, room_id, target, actor, emoji, add))
+
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[RoomEvent]:
+        if limit <= 0:
+            return []
+        return await self._run(lambda c: postgres_events.events_after(c, room_id, after, limit))
 
     # -- search (chatserver/store/search_postgres.py) ---------------------------------------
 
@@ -635,7 +727,7 @@ class PostgresStore(Store):
         row = await self._write(
             lambda c: c.fetchrow(_REMOVE_BEFORE, room_id, before_ms, limit)
         )
-        return RemovedMessages(int(row[0]), tuple(row[1]))
+        return RemovedMessages(int(row[0]), tuple(row[1]), more=bool(row[2]))
 
 
 # The oldest `limit` messages of room $1, up to (not including) the first one stored at or
@@ -650,11 +742,20 @@ WITH oldest AS MATERIALIZED (
     SELECT max(seq) AS seq FROM oldest
     WHERE seq < (SELECT coalesce(min(seq), 1::bigint << 62) FROM oldest WHERE ts >= $2)
 ), removed AS (
-    DELETE FROM messages m USING bound b WHERE m.room_id = $1 AND m.seq <= b.seq RETURNING 1
+    DELETE FROM messages m USING bound b WHERE m.room_id = $1 AND m.seq <= b.seq
+    RETURNING m.seq
+), events_removed AS (
+    -- Room events (0006) of the removed messages, joined on what `removed` returns so each
+    -- message row is locked before its events' and reactions' rows: the order an event's own
+    -- transaction (postgres_events) takes them in, so the two never deadlock.
+    DELETE FROM events e USING removed r WHERE e.room_id = $1 AND e.target_seq = r.seq
+), reactions_removed AS (
+    DELETE FROM reactions x USING removed r WHERE x.room_id = $1 AND x.target_seq = r.seq
 ), files AS (
     DELETE FROM files f USING bound b WHERE f.room_id = $1 AND f.seq <= b.seq RETURNING f.id
 )
-SELECT (SELECT count(*) FROM removed), ARRAY(SELECT id FROM files)
+SELECT (SELECT count(*) FROM removed), ARRAY(SELECT id FROM files),
+       (SELECT count(*) FROM oldest WHERE seq <= (SELECT seq FROM bound)) >= $3
 """
 
 

@@ -46,6 +46,7 @@ from chatserver.store.base import (
     WriterTimings,
     format_ts,
 )
+from chatserver.store.reads_sql import mention_rows
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,14 @@ WITH locked AS MATERIALIZED (
               floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ts
 ), batch AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::boolean[])
-        WITH ORDINALITY AS b(room_id, id, user_id, user_name, text, html, stream, aborted, ord)
+                         $6::text[], $7::text[], $8::boolean[], $12::bigint[])
+        WITH ORDINALITY AS b(room_id, id, user_id, user_name, text, html, stream, aborted,
+                             thread, ord)
 ), inserted AS (
-    INSERT INTO messages (room_id, seq, id, user_id, user_name, text, html, ts, stream, aborted)
+    INSERT INTO messages (room_id, seq, id, user_id, user_name, text, html, ts, stream, aborted,
+                          thread)
     SELECT b.room_id, k.base + row_number() OVER (PARTITION BY b.room_id ORDER BY b.ord),
-           b.id, b.user_id, b.user_name, b.text, b.html, k.ts, b.stream, b.aborted
+           b.id, b.user_id, b.user_name, b.text, b.html, k.ts, b.stream, b.aborted, b.thread
     FROM batch b JOIN bumped k ON k.id = b.room_id
     RETURNING id, room_id, seq, ts
 ), linked AS (
@@ -201,6 +204,14 @@ WITH locked AS MATERIALIZED (
     FROM inserted i JOIN unnest($2::text[], $11::text[]) AS l(message_id, file_id)
         ON l.message_id = i.id
     WHERE f.id = l.file_id AND f.room_id = i.room_id AND f.seq IS NULL
+), mentioned AS (
+    -- Mentions (reads_sql.mention_rows: one row per message and user id, 0 for @room), in
+    -- the message's own transaction. Unread by the final SELECT, like `linked`.
+    INSERT INTO message_mentions (room_id, seq, user_id)
+    SELECT i.room_id, i.seq, mm.user_id
+    FROM inserted i JOIN unnest($13::text[], $14::bigint[]) AS mm(message_id, user_id)
+        ON mm.message_id = i.id
+    ON CONFLICT DO NOTHING
 )
 SELECT i.id, i.seq, i.ts, k.name FROM inserted i JOIN bumped k ON k.id = i.room_id
 """
@@ -406,8 +417,22 @@ class PostgresWriter:
                     room_ids,
                     [rooms[r] for r in room_ids],
                     [m.file.id if m.file is not None else None for m in messages],
+                    # A reply's root was checked before the writer (chatserver.threads).
+                    [m.thread for m in messages],
+                    *_mention_arrays(batch),  # $13, $14
                 )
             )
+
+
+def _mention_arrays(batch: list[_Append]) -> tuple[list[str], list[int]]:
+    """The batch's mention rows flattened into two parallel arrays for `mentioned`."""
+    message_ids: list[str] = []
+    user_ids: list[int] = []
+    for append in batch:
+        for user_id in mention_rows(append.message):
+            message_ids.append(append.id)
+            user_ids.append(user_id)
+    return message_ids, user_ids
 
 
 def _stored(append: _Append, row: Any) -> _Outcome:
@@ -425,6 +450,9 @@ def _stored(append: _Append, row: Any) -> _Outcome:
         stream=message.stream,
         aborted=message.aborted,
         file=postgres_files.posted(message.file, row[1]),
+        thread=message.thread,
+        mentions=tuple(mention.name for mention in message.mentions),
+        mentions_room=message.mentions_room,
     )
 
 

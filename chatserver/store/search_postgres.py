@@ -84,7 +84,7 @@ def _sql(query_expr: str, room: bool, after: bool, first_free: int) -> str:
         # The LEFT JOIN gives one row even without hits, carrying numnode: 0 means the query
         # was only stop words, which the caller reports.
         " SELECT numnode((SELECT q FROM q)), p.room_id, r.name, p.seq, p.ts, p.user_name,"
-        f"  p.score, CASE WHEN p.n < $2 THEN {headline} END"
+        f"  p.score, CASE WHEN p.n < $2 THEN {headline} END, m.thread"
         " FROM (SELECT 1) one LEFT JOIN (numbered p"
         "  JOIN messages m ON m.room_id = p.room_id AND m.seq = p.seq"
         "  JOIN rooms r ON r.id = p.room_id) ON true"
@@ -119,6 +119,7 @@ async def search(
             ts=format_ts(row[4]),
             snippet=snippet_html((row[7] or "").replace("\x03", "<").replace("\x04", ">")),
             key=Cursor(score=row[6], ts=row[4], room_id=row[1], seq=row[3]),
+            thread=row[8],
         )
         for row in rows[:limit]
         if row[1] is not None

@@ -61,7 +61,7 @@ def _page_sql(room: bool, after: bool) -> str:
         "  SELECT f.rowid AS doc, -bm25(message_search) AS score FROM message_search f"
         f"  WHERE message_search MATCH :match AND {' AND '.join(where)}"
         ")"
-        " SELECT h.doc, h.score, m.ts, m.room_id, m.seq, m.user_name, r.name FROM hits h"
+        " SELECT h.doc, h.score, m.ts, m.room_id, m.seq, m.user_name, r.name, m.thread FROM hits h"
         f" JOIN messages m ON m.room_id = h.doc >> {DOC_SEQ_BITS} AND m.seq = h.doc & {_SEQ_MASK}"
         " JOIN rooms r ON r.id = m.room_id"
         f" {keyset}"
@@ -99,7 +99,7 @@ def search(
     try:
         rows = conn.execute(sql, params).fetchall()
         hits = []
-        for doc, score, ts, room, seq, user, room_name in rows[:limit]:
+        for doc, score, ts, room, seq, user, room_name, thread in rows[:limit]:
             # Only the page's snippets: snippet() re-reads and re-tokenizes each text.
             marked = conn.execute(
                 _SNIPPET_SQL,
@@ -113,6 +113,7 @@ def search(
                     ts=format_ts(ts),
                     snippet=snippet_html(marked[0][0] if marked else ""),
                     key=Cursor(score=score, ts=ts, room_id=room, seq=seq),
+                    thread=thread,
                 )
             )
     finally:

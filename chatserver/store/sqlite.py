@@ -20,19 +20,28 @@ from typing import Any, TypeVar, cast
 
 from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from chatserver.search import Cursor, SearchPage, SearchQuery
-from chatserver.store import search_sqlite, sqlite_files
+from chatserver.store import (
+    search_sqlite,
+    sqlite_events,
+    sqlite_files,
+    sqlite_reads,
+    sqlite_threads,
+)
 from chatserver.store.base import (
     MAX_RETENTION_DAYS,
     Hook,
     NewFile,
     NewMessage,
+    ReadState,
     RemovedMessages,
     Room,
+    RoomEvent,
     RoomKind,
     RoomListing,
     Store,
     StoredFile,
     StoredMessage,
+    ThreadRoot,
     ThumbnailState,
     TokenInfo,
     TokenKind,
@@ -520,6 +529,12 @@ class SqliteStore(Store):
                     int(message.aborted),
                 ),
             )
+            if message.thread is not None:  # a reply: its root was checked before the writer
+                conn.execute(
+                    "UPDATE messages SET thread = ? WHERE room_id = ? AND seq = ?",
+                    (message.thread, message.room_id, seq),
+                )
+            sqlite_reads.insert_mentions(conn, message, seq)  # §10 mentions
             linked = sqlite_files.link_file(conn, message.file, message.room_id, seq)
             return StoredMessage(
                 room=room,
@@ -532,6 +547,9 @@ class SqliteStore(Store):
                 stream=message.stream,
                 aborted=message.aborted,
                 file=linked,
+                thread=message.thread,
+                mentions=tuple(mention.name for mention in message.mentions),
+                mentions_room=message.mentions_room,
             )
 
         return await self.run_in_writer(job)
@@ -546,7 +564,10 @@ class SqliteStore(Store):
 
         def read(c: sqlite3.Connection) -> list[StoredMessage]:
             rows = c.execute(sql, (room_id, after, limit)).fetchall()
-            return sqlite_files.with_files(c, room_id, [_message(row) for row in rows])
+            page = sqlite_files.with_files(c, room_id, [_message(row) for row in rows])
+            page = sqlite_events.with_state(c, room_id, page)  # §10 events
+            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return sqlite_threads.with_threads(c, room_id, page)
 
         return await self._read(read)
 
@@ -563,7 +584,10 @@ class SqliteStore(Store):
 
         def read(c: sqlite3.Connection) -> list[StoredMessage]:
             rows = c.execute(sql, (room_id, bound, limit)).fetchall()
-            return sqlite_files.with_files(c, room_id, [_message(row) for row in reversed(rows)])
+            page = sqlite_files.with_files(c, room_id, [_message(row) for row in reversed(rows)])
+            page = sqlite_events.with_state(c, room_id, page)  # §10 events
+            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return sqlite_threads.with_threads(c, room_id, page)
 
         return await self._read(read)
 
@@ -572,6 +596,76 @@ class SqliteStore(Store):
             lambda c: _one(c, "SELECT last_seq FROM rooms WHERE id = ?", (room_id,))
         )
         return int(row[0]) if row else 0
+
+    # -- mentions and read positions (chatserver/store/sqlite_reads.py) -----------------------
+
+    async def user_ids(self, names: list[str]) -> dict[str, int]:
+        return await self._read(lambda c: sqlite_reads.user_ids(c, names))
+
+    async def set_read(self, user_id: int, room_id: int, seq: int) -> tuple[int, bool]:
+        return await self.run_in_writer(lambda c: sqlite_reads.set_read(c, user_id, room_id, seq))
+
+    async def read_states(self, user_id: int) -> dict[int, ReadState]:
+        return await self._read(lambda c: sqlite_reads.read_states(c, user_id))
+
+    # -- threads (chatserver/store/sqlite_threads.py) ----------------------------------------
+
+    async def thread_root(self, room_id: int, seq: int) -> ThreadRoot | None:
+        return await self._read(lambda c: sqlite_threads.thread_root(c, room_id, seq))
+
+    async def thread_after(
+        self, room_id: int, root: int, after: int, limit: int
+    ) -> list[StoredMessage]:
+        return await self._thread_page(room_id, root, after, limit, after=True)
+
+    async def thread_before(
+        self, room_id: int, root: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        bound = before if before is not None else 1 << 62
+        return await self._thread_page(room_id, root, bound, limit, after=False)
+
+    async def _thread_page(
+        self, room_id: int, root: int, bound: int, limit: int, *, after: bool
+    ) -> list[StoredMessage]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
+            return []
+        sql = sqlite_threads.page_sql(_MESSAGE, after)
+
+        def read(c: sqlite3.Connection) -> list[StoredMessage]:
+            rows = c.execute(sql, (room_id, root, bound, limit)).fetchall()
+            ordered = rows if after else list(reversed(rows))
+            # Through the same per-page steps as messages_after, so a reply reads the same in
+            # its thread as in the room's history.
+            page = sqlite_files.with_files(c, room_id, [_message(row) for row in ordered])
+            page = sqlite_events.with_state(c, room_id, page)  # §10 events
+            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
+            return sqlite_threads.with_threads(c, room_id, page)
+
+        return await self._read(read)
+
+    # -- room events (chatserver/store/sqlite_events.py) --------------------------------------
+
+    async def edit_message(
+        self, room_id: int, target: int, actor: User, text: str, html: str
+    ) -> RoomEvent:
+        return await self.run_in_writer(
+            lambda c: sqlite_events.edit(c, room_id, target, actor, text, html))
+
+    async def delete_message(
+        self, room_id: int, target: int, actor: User
+    ) -> tuple[RoomEvent, tuple[str, ...]]:
+        return await self.run_in_writer(lambda c: sqlite_events.delete(c, room_id, target, actor))
+
+    async def react(
+        self, room_id: int, target: int, actor: User, emoji: str, add: bool
+    ) -> RoomEvent | None:
+        return await self.run_in_writer(
+            lambda c: sqlite_events.react(c, room_id, target, actor, emoji, add))
+
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[RoomEvent]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
+            return []
+        return await self._read(lambda c: sqlite_events.events_after(c, room_id, after, limit))
 
     # -- search (chatserver/store/search_sqlite.py) -----------------------------------------
 
@@ -628,7 +722,10 @@ class SqliteStore(Store):
             removed = conn.execute(
                 "DELETE FROM messages WHERE room_id = ? AND seq <= ?", (room_id, bound)
             )
-            return RemovedMessages(removed.rowcount, tuple(row[0] for row in files))
+            sqlite_events.remove_through(conn, room_id, bound)  # their events and reactions
+            # One writer per file: what this job saw eligible is what it removed.
+            return RemovedMessages(removed.rowcount, tuple(row[0] for row in files),
+                                   more=removed.rowcount >= limit)
 
         return await self.run_in_writer(job)
 

@@ -19,8 +19,10 @@ ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote",
     "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
     "table", "thead", "tbody", "tr", "th", "td",
+    "span",  # a mention's, with class="mention" only (render_message)
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {
+    "span": {"class"},
     "a": {"href", "title", "rel"},
     "code": {"class"},
     "ol": {"start"},
@@ -58,7 +60,9 @@ def assert_inert(html: str) -> None:
             assert attrs.get("rel") == "noopener noreferrer nofollow", html
         if "style" in attrs:
             assert attrs["style"] in {"text-align:left", "text-align:center", "text-align:right"}
-        if "class" in attrs:
+        if "class" in attrs and tag == "span":
+            assert attrs["class"] == "mention", html
+        elif "class" in attrs:
             assert re.fullmatch(r"language-[\w+#.-]+", attrs["class"] or ""), html
 
 
