@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from chatserver.broker.redis import RedisBroker
 from chatserver.errors import BrokerUnavailable
 from tests.contract.test_broker import Recorder, eventually, message, presence
-from tests.services.redis import RedisServer, start_or_fail
+from tests.services.redis import RedisServer
 
 ROOMS = ("general",)
 
@@ -38,17 +38,6 @@ class Cluster:
         await broker.open()
         self.brokers.append(broker)
         return broker, recorder
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis server of this test alone, which it may stop, kill and restart."""
-    server = RedisServer()
-    start_or_fail(server)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

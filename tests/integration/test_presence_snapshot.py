@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from chatserver.app_keys import CONTEXT
 from chatserver.config import BrokerConfig
 from tests.integration.conftest import Chat, make_config
 from tests.integration.helpers import fast_user
-from tests.services.redis import RedisServer, start_or_fail
+from tests.services.redis import RedisServer
 
 WAIT = 5.0  # seconds for the server to notice a closed socket; the checks poll
 
@@ -123,17 +123,6 @@ async def test_big_room_looks_at_its_first_members_by_name_only(
 
 
 # -- with Redis --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis server of this test alone, which it may kill and start again."""
-    server = RedisServer()
-    start_or_fail(server)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

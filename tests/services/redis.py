@@ -235,6 +235,17 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis server of this test alone, which it may stop, kill and restart."""
+    server = RedisServer()
+    start_or_fail(server)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL, its data emptied before the test."""
     if not redis_server.running:  # a test stopped it: bring it back for the next ones
