@@ -66,6 +66,7 @@ POOL_MAX_CONNECTIONS = 64  # per client; callers beyond it wait for one
 OPEN_TIMEOUT = 5.0  # open() waits this long for the first subscription, then goes on
 SUBSCRIBE_TIMEOUT = 5.0
 CLOSE_FLUSH_TIMEOUT = 2.0
+CLOSE_TIMEOUT = CLOSE_FLUSH_TIMEOUT + 5.0  # all of close(), presence clean-up included
 DROP_LOG_INTERVAL = 10.0
 PUBLISH_BATCH_MAX = 1000  # events per pipeline: bounds one round's memory and latency
 _MARKER = b"chat-subscribed"  # PING payload: the reply says every earlier SUBSCRIBE is in force
@@ -155,6 +156,18 @@ class RedisBroker(Broker):
             await self._close_clients()
             return
         self._state = "closing"
+        # Bounded: shutdown must not hang on a Redis that stopped answering (a test saw close
+        # wait forever right after a Redis restart). asyncio.wait, unlike wait_for, does not
+        # wait for the abandoned work to finish its cancellation.
+        shutting = asyncio.ensure_future(self._shut_down())
+        done, _ = await asyncio.wait({shutting}, timeout=CLOSE_TIMEOUT)
+        if not done:
+            shutting.cancel()
+            self._state = "closed"
+            log.warning("Redis broker: close gave up after %.0f s (Redis not answering?); "
+                        "presence entries expire on their own", CLOSE_TIMEOUT)
+
+    async def _shut_down(self) -> None:
         # Upkeep first: a refresh racing the removal below could re-add members.
         upkeep = self._tasks[-1]
         upkeep.cancel()
