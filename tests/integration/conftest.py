@@ -27,6 +27,7 @@ from chatserver.config import (
     StoreConfig,
 )
 from chatserver.context import ChatContext
+from chatserver.overload import Thresholds
 
 FRAME_TIMEOUT = 5.0
 
@@ -42,6 +43,9 @@ def make_config(tmp_path: Path, *, server: ServerConfig | None = None,
         pools=PoolsConfig(threads=2, processes=1),
         metrics=metrics or MetricsConfig(),
     )
+
+
+UNLOADED = Thresholds(lag=(60.0, 60.0, 60.0), pool_queue=(10**9, 10**9, 10**9))
 
 
 class WsClient:
@@ -141,7 +145,12 @@ async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFa
                       metrics: MetricsConfig | None = None, **limits: Any) -> Chat:
         config = make_config(tmp_path, server=server, metrics=metrics, **limits)
         client = await aiohttp_client(create_app(config))
-        return Chat(client, client.app[CONTEXT])
+        ctx = client.app[CONTEXT]
+        # The suite runs two test workers on two cores: loop lag caused by the neighbour must
+        # not make the app shed or refuse. Admission is tested by forcing levels
+        # (test_admission.py), the guard's logic by tests/unit/test_overload.py.
+        ctx.overload.thresholds = UNLOADED
+        return Chat(client, ctx)
 
     yield factory
 

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
 TINY = ["--clients", "20", "--rate", "20", "--duration", "1.5", "--warmup", "0.5", "--drain", "5",
         "--startup-timeout", "20"]
+# A loose p99 bound: these check the harness, and the suite runs on two cores shared with
+# other tests, where 20 members x 40 msgs/s can still see a 100 ms hiccup.
 TINY_CAPACITY = ["--max-rate", "40", "--step-duration", "0.5", "--step-warmup", "0.3",
-                 "--step-min-messages", "5", "--refine", "0"]
+                 "--step-min-messages", "5", "--refine", "0", "--p99-bound", "3000"]
 
 RUN_KEYS = {
     "scenario", "target", "clients", "connected", "sent", "acked", "expected_deliveries",

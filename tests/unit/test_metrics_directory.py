@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,15 @@ import pytest
 from chatserver.supervisor import UNIX_PATH_MAX, _metrics_directory
 
 
-def test_under_a_short_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
-    made = Path(_metrics_directory())
-    assert made.parent == tmp_path and made.stat().st_mode & 0o777 == 0o700
+def test_under_a_short_runtime_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not tmp_path: under pytest-xdist it is deep enough to force the fallback.
+    short = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        monkeypatch.setenv("RUNTIME_DIRECTORY", str(short))
+        made = Path(_metrics_directory())
+        assert made.parent == short and made.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(short)
 
 
 def test_a_too_deep_runtime_directory_falls_back_to_the_temp_directory(
