@@ -563,10 +563,7 @@ class PostgresStore(Store):
 
         async def read(c: Any) -> list[StoredMessage]:
             rows = await c.fetch(sql, room_id, after, limit)
-            page = await postgres_files.attach_files(c, room_id, [_message(row) for row in rows])
-            page = await postgres_events.attach_state(c, room_id, page)  # §10
-            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return await postgres_threads.with_threads(c, room_id, page)
+            return await _complete_page(c, room_id, [_message(row) for row in rows])
 
         return await self._run(read)
 
@@ -584,10 +581,7 @@ class PostgresStore(Store):
         async def read(c: Any) -> list[StoredMessage]:
             rows = await c.fetch(sql, room_id, bound, limit)
             messages = [_message(row) for row in reversed(rows)]
-            page = await postgres_files.attach_files(c, room_id, messages)
-            page = await postgres_events.attach_state(c, room_id, page)  # §10
-            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return await postgres_threads.with_threads(c, room_id, page)
+            return await _complete_page(c, room_id, messages)
 
         return await self._run(read)
 
@@ -617,12 +611,9 @@ class PostgresStore(Store):
         async def read(c: Any) -> list[StoredMessage]:
             rows = await c.fetch(sql, room_id, root, bound, limit)
             ordered = rows if after else list(reversed(rows))
-            # Through the same per-page steps as messages_after, so a reply reads the same in
-            # its thread as in the room's history.
-            page = await postgres_files.attach_files(c, room_id, [_message(r) for r in ordered])
-            page = await postgres_events.attach_state(c, room_id, page)  # §10
-            page = await postgres_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return await postgres_threads.with_threads(c, room_id, page)
+            # The same page completion as messages_after: a reply reads the same in its
+            # thread as in the room's history.
+            return await _complete_page(c, room_id, [_message(r) for r in ordered])
 
         return await self._run(read)
 
@@ -729,6 +720,17 @@ class PostgresStore(Store):
         )
         return RemovedMessages(int(row[0]), tuple(row[1]), more=bool(row[2]))
 
+
+
+async def _complete_page(c: Any, room_id: int,
+                         messages: list[StoredMessage]) -> list[StoredMessage]:
+    """A page of messages as history shows them: with their files, current state after
+    edits, deletions and reactions, mentions, and thread summaries (§10). Every read that
+    returns messages goes through here, so history, replay, threads and export agree."""
+    page = await postgres_files.attach_files(c, room_id, messages)
+    page = await postgres_events.attach_state(c, room_id, page)
+    page = await postgres_reads.with_mentions(c, room_id, page)
+    return await postgres_threads.with_threads(c, room_id, page)
 
 # The oldest `limit` messages of room $1, up to (not including) the first one stored at or
 # after $2, and their files' rows: a range of the primary key, so it costs `limit` rows whatever

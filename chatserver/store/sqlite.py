@@ -564,10 +564,7 @@ class SqliteStore(Store):
 
         def read(c: sqlite3.Connection) -> list[StoredMessage]:
             rows = c.execute(sql, (room_id, after, limit)).fetchall()
-            page = sqlite_files.with_files(c, room_id, [_message(row) for row in rows])
-            page = sqlite_events.with_state(c, room_id, page)  # §10 events
-            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return sqlite_threads.with_threads(c, room_id, page)
+            return _complete_page(c, room_id, [_message(row) for row in rows])
 
         return await self._read(read)
 
@@ -584,10 +581,7 @@ class SqliteStore(Store):
 
         def read(c: sqlite3.Connection) -> list[StoredMessage]:
             rows = c.execute(sql, (room_id, bound, limit)).fetchall()
-            page = sqlite_files.with_files(c, room_id, [_message(row) for row in reversed(rows)])
-            page = sqlite_events.with_state(c, room_id, page)  # §10 events
-            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return sqlite_threads.with_threads(c, room_id, page)
+            return _complete_page(c, room_id, [_message(row) for row in reversed(rows)])
 
         return await self._read(read)
 
@@ -634,12 +628,9 @@ class SqliteStore(Store):
         def read(c: sqlite3.Connection) -> list[StoredMessage]:
             rows = c.execute(sql, (room_id, root, bound, limit)).fetchall()
             ordered = rows if after else list(reversed(rows))
-            # Through the same per-page steps as messages_after, so a reply reads the same in
-            # its thread as in the room's history.
-            page = sqlite_files.with_files(c, room_id, [_message(row) for row in ordered])
-            page = sqlite_events.with_state(c, room_id, page)  # §10 events
-            page = sqlite_reads.with_mentions(c, room_id, page)  # §10 mentions
-            return sqlite_threads.with_threads(c, room_id, page)
+            # The same page completion as messages_after: a reply reads the same in its
+            # thread as in the room's history.
+            return _complete_page(c, room_id, [_message(row) for row in ordered])
 
         return await self._read(read)
 
@@ -729,6 +720,17 @@ class SqliteStore(Store):
 
         return await self.run_in_writer(job)
 
+
+
+def _complete_page(c: sqlite3.Connection, room_id: int,
+                   messages: list[StoredMessage]) -> list[StoredMessage]:
+    """A page of messages as history shows them: with their files, current state after
+    edits, deletions and reactions, mentions, and thread summaries (§10). Every read that
+    returns messages goes through here, so history, replay, threads and export agree."""
+    page = sqlite_files.with_files(c, room_id, messages)
+    page = sqlite_events.with_state(c, room_id, page)
+    page = sqlite_reads.with_mentions(c, room_id, page)
+    return sqlite_threads.with_threads(c, room_id, page)
 
 # The highest seq to remove from room ?1: among its oldest ?3 messages, the last one before the
 # first stored at or after ?2 (NULL: none). A range of the primary key, so it costs ?3 rows
