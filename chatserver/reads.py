@@ -35,9 +35,13 @@ async def on_read(ctx: ChatContext, session: Session, cmd: Read) -> None:
 
 def listing_fields(listing: RoomListing, states: dict[int, ReadState]) -> dict[str, Any]:
     """What GET /api/rooms adds to a room for the caller: `read_seq`, `unread`, `mentions`,
-    and `unread_capped` when more messages than the store counts follow `read_seq`."""
+    `unread_capped` when more messages than the store counts follow `read_seq`, and `seq` as
+    of the counts."""
     state = states.get(listing.room.id, ReadState())
-    fields: dict[str, Any] = {"read_seq": state.seq, "unread": state.unread,
+    # `seq` from the counts' own snapshot (read after the listing, so never lower): a client
+    # adds to `unread` exactly the messages above it that it receives live.
+    fields: dict[str, Any] = {"seq": max(listing.last_seq, state.counted_seq),
+                              "read_seq": state.seq, "unread": state.unread,
                               "mentions": state.mentions}
     if state.capped:
         fields["unread_capped"] = True

@@ -145,12 +145,14 @@ class ReadState:
 
     `unread` counts messages by others after `seq` among at most READ_WINDOW of them;
     `capped` says the window was full (show "999+"). `mentions` counts the unread ones that
-    mention the user or @room, from the mention index, at most READ_WINDOW."""
+    mention the user or @room, from the mention index, at most READ_WINDOW. `counted_seq` is
+    the room's latest seq in the snapshot the counts were taken from."""
 
     seq: int = 0
     unread: int = 0
     mentions: int = 0
     capped: bool = False
+    counted_seq: int = 0
 
 
 READ_WINDOW = 1000  # messages after a read position that /api/rooms counts, per room

@@ -17,10 +17,12 @@ from chatserver.store.base import READ_WINDOW, NewMessage, ReadState, StoredMess
 # how many of those are others', and the mentions of them or @room (user_id 0) after it, from
 # the mention index, also at most READ_WINDOW. One statement for all the user's rooms. A
 # public room they never joined is not counted (they do not follow it; it would also make
-# every public room cost a window).
+# every public room cost a window). The room's latest seq comes from the same snapshot: a
+# client adds to the counts only the messages above it, so none is counted twice or missed.
 _READ_STATES = """
 WITH visible AS (
-    SELECT r.id AS room_id, coalesce(rp.seq, 0) AS rs, m.user_id IS NOT NULL AS member
+    SELECT r.id AS room_id, coalesce(rp.seq, 0) AS rs, m.user_id IS NOT NULL AS member,
+        r.last_seq AS last_seq
     FROM rooms r
     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = {p1}
     LEFT JOIN read_positions rp ON rp.room_id = r.id AND rp.user_id = {p1}
@@ -47,7 +49,8 @@ SELECT v.room_id, v.rs,
             ORDER BY mm.seq LIMIT {window}) AS x
         JOIN messages w ON w.room_id = v.room_id AND w.seq = x.seq
         WHERE w.user_id <> {p1} AND w.deleted = {false}
-    ) ELSE 0 END
+    ) ELSE 0 END,
+    v.last_seq
 FROM visible v
 """
 
@@ -107,6 +110,6 @@ def read_states_of(rows: list[Any]) -> dict[int, ReadState]:
     """READ_STATES's rows by room id."""
     return {
         room_id: ReadState(seq=rs, unread=unread, mentions=mentions,
-                           capped=window >= READ_WINDOW)
-        for room_id, rs, window, unread, mentions in rows
+                           capped=window >= READ_WINDOW, counted_seq=last_seq)
+        for room_id, rs, window, unread, mentions, last_seq in rows
     }

@@ -84,15 +84,15 @@ async def test_read_states_count_others_messages_and_mentions_after_the_position
     await _post(store, ops, bob, "@carol is not here", carol)
     await _post(store, lobby, bob, "@alice in a room she never joined", alice)
     states = await store.read_states(alice.id)
-    assert states[general.id] == ReadState(seq=0, unread=3, mentions=2)
-    assert states[lobby.id] == ReadState()  # visible, not followed
+    assert states[general.id] == ReadState(seq=0, unread=3, mentions=2, counted_seq=4)
+    assert states[lobby.id] == ReadState(counted_seq=1)  # visible, not followed
     assert ops.id not in states
     assert ops.id not in await store.read_states(carol.id)
-    assert (await store.read_states(bob.id))[general.id] == ReadState(unread=1, mentions=1)
+    assert (await store.read_states(bob.id))[general.id] == ReadState(unread=1, mentions=1, counted_seq=4)
     await store.set_read(alice.id, general.id, 2)
-    assert (await store.read_states(alice.id))[general.id] == ReadState(2, 1, 1)
+    assert (await store.read_states(alice.id))[general.id] == ReadState(2, 1, 1, counted_seq=4)
     await store.set_read(alice.id, general.id, 4)
-    assert (await store.read_states(alice.id))[general.id] == ReadState(4, 0, 0)
+    assert (await store.read_states(alice.id))[general.id] == ReadState(4, 0, 0, counted_seq=4)
 
 
 async def test_deleted_messages_are_not_unread(store: Store) -> None:
@@ -104,7 +104,7 @@ async def test_deleted_messages_are_not_unread(store: Store) -> None:
     seq = await _post(store, room, bob, "@alice secret", alice)
     await _post(store, room, bob, "@alice kept", alice)
     await store.delete_message(room.id, seq, bob)
-    assert (await store.read_states(alice.id))[room.id] == ReadState(0, 1, 1)
+    assert (await store.read_states(alice.id))[room.id] == ReadState(0, 1, 1, counted_seq=3)  # the deletion took a seq
     page = await store.messages_after(room.id, 0, 10)
     assert [m.mentions for m in page if m.seq == seq] == [()]
 
@@ -117,7 +117,8 @@ async def test_counts_stop_at_the_window_and_say_so(store: Store) -> None:
     await asyncio.gather(*(_post(store, room, bob, f"m{i}") for i in range(READ_WINDOW + 5)))
     await _post(store, room, bob, "@alice at the end", alice)
     state = (await store.read_states(alice.id))[room.id]
-    assert state == ReadState(seq=0, unread=READ_WINDOW, mentions=1, capped=True)
+    assert state == ReadState(seq=0, unread=READ_WINDOW, mentions=1, capped=True,
+                             counted_seq=READ_WINDOW + 6)
     await store.set_read(alice.id, room.id, 10)
     assert (await store.read_states(alice.id))[room.id].capped is False
 
@@ -129,4 +130,4 @@ async def test_retention_removes_a_message_with_its_mentions(store: Store) -> No
     await _post(store, room, bob, "@alice old", alice, everyone=True)
     removed = await store.remove_messages_before(room.id, time.time_ns() // 10**6 + 1000, 10)
     assert removed.count == 1
-    assert (await store.read_states(alice.id))[room.id] == ReadState()
+    assert (await store.read_states(alice.id))[room.id] == ReadState(counted_seq=1)

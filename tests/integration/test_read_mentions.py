@@ -94,6 +94,7 @@ async def test_api_rooms_counts_unread_and_mentions_until_read(chat: Chat) -> No
     assert {k: before[k] for k in ("read_seq", "unread", "mentions")} == {
         "read_seq": 0, "unread": 3, "mentions": 2}
     assert "unread_capped" not in before
+    assert before["seq"] == last["seq"]  # the counts' snapshot: a client adds what is above
     assert (await rooms(chat, bob))["general"]["mentions"] == 1  # alice's @room
     await a.request({"op": "read", "room": "general", "seq": last["seq"]}, "read")
     after = (await rooms(chat, alice))["general"]
