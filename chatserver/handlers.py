@@ -196,8 +196,11 @@ async def on_typing(ctx: ChatContext, session: Session, cmd: Typing) -> None:
 async def on_stream_start(ctx: ChatContext, session: Session, cmd: StreamStart) -> None:
     check_send_rate(ctx, session.user.name)
     room = await _room_for(ctx, session, cmd.room)
+    # Checked once, here: a root deleted while the stream runs still gets its reply, as a
+    # reply sent a moment sooner would have (chatserver.threads).
+    thread = await threads.reply_root(ctx.store, room, cmd.thread)
     stream = ctx.streams.start(room, session.user, session.conn_id,
-                               asyncio.get_running_loop().time())
+                               asyncio.get_running_loop().time(), thread=thread)
     _reply(ctx, session, "ack", protocol.encode({"op": "ack", "ref": cmd.ref,
                                                  "stream": stream.id}))
 

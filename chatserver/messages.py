@@ -82,11 +82,12 @@ class MessageService:
         file: StoredFile,
         *,
         on_durable: OnDurable | None = None,
+        thread: int | None = None,
     ) -> StoredMessage:
         """Post an upload already recorded (chatserver.files): the caption as the text, or
         without one the file's name, as plain text (escaped, not Markdown: a name like
         `a_b_c.txt` must not turn italic), so a client that knows nothing of files still
-        shows what was posted."""
+        shows what was posted. `thread`: a reply's root, already checked (chatserver.threads)."""
         received = time.monotonic()
         if caption:
             rendered = await self.render_message(caption)
@@ -96,6 +97,6 @@ class MessageService:
             text, html = file.name, f"<p>{_html.escape(file.name, quote=False)}</p>"
         return await self.store_and_publish(
             rendered.into(NewMessage(room.id, room.name, user.id, user.name, text, html,
-                                     file=file)),
+                                     file=file, thread=thread)),
             on_durable, received=received,
         )

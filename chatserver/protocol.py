@@ -72,6 +72,7 @@ class Typing:
 class StreamStart:
     ref: str | None
     room: str
+    thread: int | None = None  # the stream's message is a reply: the root's seq (§10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +162,7 @@ def _command(obj: dict[str, Any], ref: str | None, max_bytes: int) -> Command:
     if op == "ping":
         return Ping(ref)
     if op == "stream_start":
-        if obj.get("thread") is not None:
-            # Refused rather than ignored, so a streamed answer never lands in the main
-            # timeline of a client that meant it for a thread (§10 "Threads").
-            raise BadRequest("streams cannot reply in a thread yet; use 'send' with 'thread'")
-        return StreamStart(ref, _room(obj))
+        return StreamStart(ref, _room(obj), _seq(obj, "thread"))
     if op == "stream_delta":
         return StreamDelta(ref, _stream(obj), _text(obj, max_bytes))
     if op == "stream_end":

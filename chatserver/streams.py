@@ -4,6 +4,10 @@ Deltas never touch the store. A stream belongs to the connection that started it
 connection goes away, or the stream is idle past `limits.stream_idle`, it is ended with
 `aborted: true` and its text so far is kept. A stream that ends with no text at all stores
 nothing: the room gets `stream_end {room, stream, discarded: true}` so readers can drop it.
+
+A stream may be a thread's reply (docs/protocol.md §10, "Threads"): its `stream_start` frames
+(live, and the text so far for a joiner) and its stored message carry `thread`; its deltas and
+a discarded end do not, since a reader places them by the stream id its `stream_start` gave.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class ActiveStream:
     last_activity: float
     parts: list[str] = field(default_factory=list)
     size: int = 0  # UTF-8 bytes so far
+    thread: int | None = None  # a reply: its root's seq, checked when it started
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -49,6 +54,7 @@ class RemoteStream:
     user: str
     last_activity: float
     parts: list[str] = field(default_factory=list)
+    thread: int | None = None
 
 
 class Streams:
@@ -64,12 +70,12 @@ class Streams:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def start(self, room: Room, user: User, conn_id: str, now: float) -> ActiveStream:
-        stream = ActiveStream(secrets.token_urlsafe(9), room, user, conn_id, now)
+    def start(self, room: Room, user: User, conn_id: str, now: float, *,
+              thread: int | None = None) -> ActiveStream:
+        """A new stream of `user` in `room`; `thread`: a reply's root, already checked."""
+        stream = ActiveStream(secrets.token_urlsafe(9), room, user, conn_id, now, thread=thread)
         self._streams[stream.id] = stream
-        frame = protocol.encode(
-            {"op": "stream_start", "room": room.name, "stream": stream.id, "user": user.name}
-        )
+        frame = start_frame(room.name, stream.id, user.name, thread)
         self.broker.publish(Event("stream", room.name, frame, user=user.name))
         return stream
 
@@ -119,21 +125,16 @@ class Streams:
             self.broker.publish(Event("stream", stream.room.name, frame, user=stream.user.name))
             return None
         return await self.messages.post(stream.room, stream.user, text, stream=stream.id,
-                                        aborted=aborted, on_durable=on_durable)
+                                        aborted=aborted, on_durable=on_durable,
+                                        thread=stream.thread)
 
     def active_frames(self, room: str) -> list[bytes]:
         """`stream_start` frames with the text so far, for a joiner going live mid-stream —
         streams of this instance and, as far as seen, of the others."""
-        frames = [
-            protocol.encode({"op": "stream_start", "room": room, "stream": s.id,
-                             "user": s.user.name, "text": s.text()})
-            for s in self._streams.values() if s.room.name == room
-        ]
-        frames += [
-            protocol.encode({"op": "stream_start", "room": room, "stream": stream_id,
-                             "user": r.user, "text": "".join(r.parts)})
-            for stream_id, r in self._remote.items() if r.room == room
-        ]
+        frames = [start_frame(room, s.id, s.user.name, s.thread, s.text())
+                  for s in self._streams.values() if s.room.name == room]
+        frames += [start_frame(room, stream_id, r.user, r.thread, "".join(r.parts))
+                   for stream_id, r in self._remote.items() if r.room == room]
         return frames
 
     def observe(self, event: Event) -> None:
@@ -151,7 +152,9 @@ class Streams:
         op = frame.get("op")
         now = asyncio.get_running_loop().time()
         if op == "stream_start":
-            self._remote[stream_id] = RemoteStream(event.room, event.user, now)
+            thread = frame.get("thread")
+            self._remote[stream_id] = RemoteStream(
+                event.room, event.user, now, thread=thread if type(thread) is int else None)
         elif op == "stream_delta":
             remote = self._remote.get(stream_id)
             if remote is not None:
@@ -188,3 +191,16 @@ class Streams:
             stale = loop.time() - 2 * self.idle_seconds - SWEEP_INTERVAL
             for stream_id in [k for k, r in self._remote.items() if r.last_activity < stale]:
                 del self._remote[stream_id]
+
+
+def start_frame(room: str, stream_id: str, user: str, thread: int | None,
+                text: str | None = None) -> bytes:
+    """A `stream_start` frame: live (no `text`) or for a joiner mid-stream (the text so far);
+    `thread` only for a reply, as on a `message`."""
+    frame: dict[str, object] = {"op": "stream_start", "room": room, "stream": stream_id,
+                                "user": user}
+    if thread is not None:
+        frame["thread"] = thread
+    if text is not None:
+        frame["text"] = text
+    return protocol.encode(frame)

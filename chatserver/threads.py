@@ -58,13 +58,27 @@ async def read_thread(
     return page[-limit:] if len(page) > limit else page, len(page) > limit
 
 
+THREAD_RULE = f"'thread' must be an integer seq from 0 to {MAX_SEQ}"
+
+
 def thread_field(value: Any) -> int | None:
     """A JSON body's optional `thread`: absent or null, else a seq (never a bool)."""
     if value is None:
         return None
     if type(value) is not int or not 0 <= value <= MAX_SEQ:
-        raise BadRequest(f"'thread' must be an integer seq from 0 to {MAX_SEQ}")
+        raise BadRequest(THREAD_RULE)
     return value
 
 
-__all__ = ["read_thread", "reply_root", "root_deleted", "thread_field"]
+def thread_form_field(raw: bytes) -> int | None:
+    """A multipart form's optional `thread` (uploads): empty for none, as a form's empty
+    input sends it, else the seq in ASCII decimal digits; `thread_field`'s range."""
+    if not raw:
+        return None
+    if not raw.isdigit():  # bytes.isdigit is ASCII only: no sign, space or other digits
+        raise BadRequest(THREAD_RULE)
+    return thread_field(int(raw))
+
+
+__all__ = ["THREAD_RULE", "read_thread", "reply_root", "root_deleted", "thread_field",
+           "thread_form_field"]

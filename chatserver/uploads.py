@@ -7,7 +7,8 @@ Over `[limits] max_file_bytes` the request stops with 413 and the partial file i
 is every file whose request fails later on (bad form, store down): nothing is left on disk
 that no row names.
 
-Then, in order: the bytes are synced and renamed to their random id, the row is recorded, an
+Then, in order: a reply's root is checked (`thread`, chatserver.threads: a refusal keeps
+nothing), the bytes are synced and renamed to their random id, the row is recorded, an
 image's thumbnail job starts in the process pool (the upload waits for it up to
 `THUMBNAIL_WAIT` so the message usually carries `thumbnail_url` at once; a slower job finishes
 in the background and history shows it), and the message is posted through the normal path
@@ -22,13 +23,14 @@ import logging
 import os
 import secrets
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from chatserver import files, protocol
+from chatserver import files, protocol, threads
 from chatserver.context import ChatContext
 from chatserver.errors import BadRequest, TooLarge
 from chatserver.store.base import NewFile, Room, StoredFile, StoredMessage, User
@@ -41,16 +43,28 @@ _CHUNK: Final = 64 * 1024  # read from the socket at a time
 _SLICE: Final = 1024 * 1024  # written to disk at a time: the most an upload holds in memory
 # Multipart framing around the file and the caption: boundaries and part headers.
 _FORM_OVERHEAD: Final = 64 * 1024
-_FIELDS = "'file', and optionally 'text' (a caption) and 'thread'"
+_THREAD_BYTES: Final = 64  # read of a `thread` field at most (a seq has up to 16 digits)
+_FIELDS = "'file', and optionally 'text' (a caption) and 'thread' (a root's seq)"
 _MALFORMED = "the request body is not valid multipart/form-data"
 # What aiohttp's multipart reader raises for a body it cannot parse.
 _PARSE_ERRORS = (ValueError, LookupError, RuntimeError, BadHttpMessage)
 
 
+@dataclass(eq=False, slots=True)
+class _Form:
+    """What the upload form has given so far."""
+
+    spool: _Spool | None = None  # the file's bytes on their way to disk
+    name: str = ""  # the file's name, cleaned
+    caption: str | None = None
+    thread: int | None = None  # a root's seq as given; checked once the body is read
+
+
 async def receive(ctx: ChatContext, request: web.Request, room: Room, user: User
                   ) -> StoredMessage:
     """Store the request's file and post it to `room` as `user` (already allowed to post
-    there); the stored message. `BadRequest`, `TooLarge` with the reason otherwise."""
+    there); the stored message. `BadRequest`, `TooLarge` with the reason otherwise, and
+    `NotFound` / `BadRequest` for a `thread` no reply may hang from."""
     limits = ctx.config.limits
     declared = request.content_length
     if declared is not None and declared > (
@@ -60,54 +74,65 @@ async def receive(ctx: ChatContext, request: web.Request, room: Room, user: User
     if request.content_type != "multipart/form-data":
         raise BadRequest(f"send the upload as multipart/form-data with the fields {_FIELDS}")
     root = files.directory(ctx)
-    spool: _Spool | None = None
-    name = ""
-    caption: str | None = None
+    form = _Form()
     try:
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    raise BadRequest("nested multipart bodies are not accepted")
-                if "Content-Encoding" in part.headers or (
-                        "Content-Transfer-Encoding" in part.headers):
-                    raise BadRequest("encoded form parts are not accepted; send the raw bytes")
-                field = part.name
-                if field == "file":
-                    if spool is not None:
-                        raise BadRequest("the form has two 'file' fields; send one per request")
-                    name = files.clean_name(_filename(part))
-                    spool = _Spool(ctx, root)
-                    await spool.open()
-                    await _copy(part, spool, limits.max_file_bytes)
-                elif field == "text":
-                    caption = await _caption(part, limits.max_message_bytes)
-                elif field == "thread":
-                    await _read(part, 64)  # threads are not built yet: accepted and ignored
-                else:
-                    shown = (field or "")[:40]
-                    raise BadRequest(f"unknown form field {shown!r}; the fields are {_FIELDS}")
-        except _PARSE_ERRORS:
-            raise BadRequest(_MALFORMED) from None
-        except ConnectionError:
-            raise BadRequest("the upload was cut off before its end") from None
+        await _read_form(ctx, request, root, form)
+        spool = form.spool
         if spool is None:
             raise BadRequest(f"the form has no 'file' field; the fields are {_FIELDS}")
+        # The root is checked before the bytes are kept: a refused reply leaves nothing on
+        # disk and takes no seq. (The thread's part may follow the file's, so not sooner.)
+        thread = await threads.reply_root(ctx.store, room, form.thread)
         file_id = secrets.token_hex(16)
         sha256 = await spool.commit(files.file_path(root, file_id))
     except BaseException:
-        if spool is not None:
-            await asyncio.shield(spool.discard())
+        if form.spool is not None:
+            await asyncio.shield(form.spool.discard())
         raise
     image = files.sniff_image(spool.head) is not None
     new = NewFile(id=file_id, room_id=room.id, uploader_id=user.id, uploader=user.name,
-                  name=name, size=spool.size, content_type=files.OCTET_STREAM, sha256=sha256,
-                  thumbnail="pending" if image else "none")
-    return await _record_and_post(ctx, root, room, user, new, caption)
+                  name=form.name, size=spool.size, content_type=files.OCTET_STREAM,
+                  sha256=sha256, thumbnail="pending" if image else "none")
+    return await _record_and_post(ctx, root, room, user, new, form.caption, thread)
+
+
+async def _read_form(ctx: ChatContext, request: web.Request, root: Path, form: _Form
+                     ) -> None:
+    """Read the body part by part into `form` (the file's bytes into a spool under `root`);
+    `form` keeps what was read when this raises, so the caller can discard the spool."""
+    limits = ctx.config.limits
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not accepted")
+            if "Content-Encoding" in part.headers or (
+                    "Content-Transfer-Encoding" in part.headers):
+                raise BadRequest("encoded form parts are not accepted; send the raw bytes")
+            field = part.name
+            if field == "file":
+                if form.spool is not None:
+                    raise BadRequest("the form has two 'file' fields; send one per request")
+                form.name = files.clean_name(_filename(part))
+                form.spool = _Spool(ctx, root)
+                await form.spool.open()
+                await _copy(part, form.spool, limits.max_file_bytes)
+            elif field == "text":
+                form.caption = await _caption(part, limits.max_message_bytes)
+            elif field == "thread":
+                form.thread = await _thread(part)
+            else:
+                shown = (field or "")[:40]
+                raise BadRequest(f"unknown form field {shown!r}; the fields are {_FIELDS}")
+    except _PARSE_ERRORS:
+        raise BadRequest(_MALFORMED) from None
+    except ConnectionError:
+        raise BadRequest("the upload was cut off before its end") from None
 
 
 async def _record_and_post(ctx: ChatContext, root: Path, room: Room, user: User,
-                           new: NewFile, caption: str | None) -> StoredMessage:
+                           new: NewFile, caption: str | None, thread: int | None
+                           ) -> StoredMessage:
     thumbnail: asyncio.Future[StoredFile] | None = None
     try:
         stored = await ctx.store.add_file(new)
@@ -116,7 +141,7 @@ async def _record_and_post(ctx: ChatContext, root: Path, room: Room, user: User,
             await asyncio.wait([thumbnail], timeout=THUMBNAIL_WAIT)
             if thumbnail.done():
                 stored = thumbnail.result()
-        return await ctx.messages.post_file(room, user, caption, stored)
+        return await ctx.messages.post_file(room, user, caption, stored, thread=thread)
     except BaseException:
         await asyncio.shield(_forget(ctx, root, new.id, thumbnail))
         raise
@@ -197,6 +222,14 @@ async def _read(part: BodyPartReader, limit: int) -> bytes:
         if len(data) > limit:
             raise TooLarge(f"the form field {part.name!r} is over {limit} bytes")
     return bytes(data)
+
+
+async def _thread(part: BodyPartReader) -> int | None:
+    try:
+        raw = await _read(part, _THREAD_BYTES)
+    except TooLarge:  # no seq is that long: refused like any other value that is not one
+        raise BadRequest(threads.THREAD_RULE) from None
+    return threads.thread_form_field(raw)
 
 
 async def _caption(part: BodyPartReader, max_bytes: int) -> str | None:

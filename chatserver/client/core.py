@@ -159,9 +159,13 @@ class ChatClient:
         self._rooms.pop(room, None)
         await self.request({"op": "leave", "room": room})
 
-    async def send(self, room: str, text: str) -> Ack:
-        """Send a message; returns the `ack` (`seq`, `id`, `ts`) once it is durable."""
-        return cast(Ack, await self.request({"op": "send", "room": room, "text": text}))
+    async def send(self, room: str, text: str, *, thread: int | None = None) -> Ack:
+        """Send a message (a reply in the thread of the message with seq `thread`, when
+        given); returns the `ack` (`seq`, `id`, `ts`) once it is durable."""
+        frame: dict[str, Any] = {"op": "send", "room": room, "text": text}
+        if thread is not None:
+            frame["thread"] = thread
+        return cast(Ack, await self.request(frame))
 
     async def ping(self) -> float:
         """Application round trip through the server's send queue, in seconds."""
@@ -171,15 +175,16 @@ class ChatClient:
         return loop.time() - started
 
     @contextlib.asynccontextmanager
-    async def stream(self, room: str) -> AsyncIterator[Stream]:
+    async def stream(self, room: str, *, thread: int | None = None) -> AsyncIterator[Stream]:
         """Stream one message to `room`: `write()` pieces inside the block; leaving it stores
         the whole text as one message (`stream.ack`), or nothing if nothing was written.
+        With `thread` (a top-level message's seq) the message is a reply in that thread.
 
         If the block raises: with nothing written the stream is discarded; with text written
         it is left to the server, which stores the text so far marked `aborted` when the
         connection closes or after `limits.stream_idle` seconds (the protocol has no op to
         abort a stream)."""
-        stream = await self.start_stream(room)
+        stream = await self.start_stream(room, thread=thread)
         try:
             yield stream
         except BaseException:
@@ -187,11 +192,16 @@ class ChatClient:
             raise
         await stream.end()
 
-    async def start_stream(self, room: str) -> Stream:
-        """Start a stream without the context manager; call `end()` on it."""
+    async def start_stream(self, room: str, *, thread: int | None = None) -> Stream:
+        """Start a stream without the context manager (`thread` as for `stream()`); call
+        `end()` on it."""
         generation = self._generation
-        ack = await self.request({"op": "stream_start", "room": room})
-        stream = Stream(self, room, str(ack["stream"]), generation, f"s{next(self._refs)}")
+        frame: dict[str, Any] = {"op": "stream_start", "room": room}
+        if thread is not None:
+            frame["thread"] = thread
+        ack = await self.request(frame)
+        stream = Stream(self, room, str(ack["stream"]), generation, f"s{next(self._refs)}",
+                        thread=thread)
         self._streams[stream.ref] = stream
         return stream
 
@@ -356,6 +366,10 @@ class ChatClient:
                     await self._accept(message)
                 if not page["more"] or not page["messages"]:
                     break
+            if room in self._rooms:  # not left meanwhile
+                # History holds messages only, with the events up to `until` folded in: the
+                # resume point passes those events too, or the next resume replays them.
+                self._rooms[room] = max(self._rooms[room], until)
             while held:  # nothing new is held between this check and the release below
                 await self._accept(held.pop(0))
         except ChatClientError as exc:

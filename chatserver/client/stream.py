@@ -22,8 +22,9 @@ class Stream:
     """One message being streamed to a room (from `ChatClient.stream()`)."""
 
     def __init__(self, client: ChatClient, room: str, stream_id: str, generation: int,
-                 ref: str) -> None:
+                 ref: str, *, thread: int | None = None) -> None:
         self.room = room
+        self.thread = thread  # the root's seq when the message is a thread's reply
         self.id = stream_id
         self.ref = ref  # every delta carries it, so the server's refusal of one comes back
         self.ack: Ack | None = None  # set by `end()` unless the stream was discarded

@@ -88,7 +88,8 @@ async def test_read_states_count_others_messages_and_mentions_after_the_position
     assert states[lobby.id] == ReadState(counted_seq=1)  # visible, not followed
     assert ops.id not in states
     assert ops.id not in await store.read_states(carol.id)
-    assert (await store.read_states(bob.id))[general.id] == ReadState(unread=1, mentions=1, counted_seq=4)
+    assert (await store.read_states(bob.id))[general.id] == ReadState(
+        unread=1, mentions=1, counted_seq=4)
     await store.set_read(alice.id, general.id, 2)
     assert (await store.read_states(alice.id))[general.id] == ReadState(2, 1, 1, counted_seq=4)
     await store.set_read(alice.id, general.id, 4)
@@ -104,7 +105,8 @@ async def test_deleted_messages_are_not_unread(store: Store) -> None:
     seq = await _post(store, room, bob, "@alice secret", alice)
     await _post(store, room, bob, "@alice kept", alice)
     await store.delete_message(room.id, seq, bob)
-    assert (await store.read_states(alice.id))[room.id] == ReadState(0, 1, 1, counted_seq=3)  # the deletion took a seq
+    # counted_seq 3: the deletion took a seq.
+    assert (await store.read_states(alice.id))[room.id] == ReadState(0, 1, 1, counted_seq=3)
     page = await store.messages_after(room.id, 0, 10)
     assert [m.mentions for m in page if m.seq == seq] == [()]
 

@@ -1,5 +1,6 @@
 """Fixtures: a real chatserver app (SQLite in tmp_path, memory broker, real pools) served by
-pytest-aiohttp's test server, with users, tokens and a helper client that speaks the protocol."""
+pytest-aiohttp's test server, with users, tokens and a helper client that speaks the protocol;
+`backend_chat` runs a test once per store backend (PostgreSQL: the session's throwaway one)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from chatserver.app_keys import CONTEXT
 from chatserver.auth import hash_token, new_token
 from chatserver.config import (
     Config,
+    FilesConfig,
     LimitsConfig,
     MetricsConfig,
     PoolsConfig,
@@ -30,19 +32,35 @@ from chatserver.context import ChatContext
 from chatserver.overload import Thresholds
 
 FRAME_TIMEOUT = 5.0
+# The store backends `backend_chat` runs a test on, as tests/contract does for the Store.
+BACKENDS = ["sqlite", "postgres"]
 
 
 def make_config(tmp_path: Path, *, server: ServerConfig | None = None,
-                metrics: MetricsConfig | None = None, **limits: Any) -> Config:
+                metrics: MetricsConfig | None = None, store: StoreConfig | None = None,
+                **limits: Any) -> Config:
     rate = limits.pop("rate", RateConfig(per_second=1000, burst=1000))
     limits.setdefault("connections_per_user", 1000)  # tests open many sockets as one user
     return Config(
         server=server or ServerConfig(),
-        store=StoreConfig(path=str(tmp_path / "chat.db")),
+        store=store or StoreConfig(path=str(tmp_path / "chat.db")),
         limits=dataclasses.replace(LimitsConfig(), rate=rate, **limits),
         pools=PoolsConfig(threads=2, processes=1),
         metrics=metrics or MetricsConfig(),
+        # Uploads stay in the test's directory, never in the working directory.
+        files=FilesConfig(dir=str(tmp_path / "files")),
     )
+
+
+def store_config(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
+    """SQLite in `tmp_path`, or a fresh database on the session's throwaway PostgreSQL."""
+    if backend == "sqlite":
+        return StoreConfig(path=str(tmp_path / "chat.db"))
+    if backend == "postgres":
+        # Asked for only here, so SQLite runs never start PostgreSQL.
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return StoreConfig(backend="postgres", dsn=dsn, pool_size=4)
+    raise AssertionError(f"no store configuration for backend {backend!r}")
 
 
 UNLOADED = Thresholds(lag=(60.0, 60.0, 60.0), pool_queue=(10**9, 10**9, 10**9))
@@ -142,8 +160,9 @@ ChatFactory = Callable[..., Awaitable[Chat]]
 @pytest.fixture
 async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFactory]:
     async def factory(*, server: ServerConfig | None = None,
-                      metrics: MetricsConfig | None = None, **limits: Any) -> Chat:
-        config = make_config(tmp_path, server=server, metrics=metrics, **limits)
+                      metrics: MetricsConfig | None = None, store: StoreConfig | None = None,
+                      **limits: Any) -> Chat:
+        config = make_config(tmp_path, server=server, metrics=metrics, store=store, **limits)
         client = await aiohttp_client(create_app(config))
         ctx = client.app[CONTEXT]
         # The suite runs two test workers on two cores: loop lag caused by the neighbour must
@@ -158,3 +177,16 @@ async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFa
 @pytest.fixture
 async def chat(make_chat: ChatFactory) -> Chat:
     return await make_chat()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
+    """The store configuration of each backend in `BACKENDS` in turn."""
+    return store_config(request.param, request, tmp_path)
+
+
+@pytest.fixture
+async def backend_chat(backend_store: StoreConfig, make_chat: ChatFactory) -> Chat:
+    """`chat`, once per store backend. `backend_store` comes first, so the app (and its
+    connection pool) closes before the test's database is dropped."""
+    return await make_chat(store=backend_store)

@@ -13,6 +13,7 @@ from chatserver.client import (
     ChatClient,
     ChatClientError,
     ConnectionLost,
+    NotFound,
     RateLimited,
     ServerError,
     TooLarge,
@@ -197,6 +198,44 @@ async def test_stream_sends_pieces_live_and_stores_one_message(chat: Chat) -> No
     assert final["text"] == "Hello" and final["stream"] == stream.id and "aborted" not in final
 
 
+async def test_a_stream_may_reply_in_a_thread(chat: Chat) -> None:
+    """`stream(room, thread=root)` streams a thread's reply: its `stream_start` and its
+    message carry `thread`; a root the server refuses raises before the block runs."""
+    bot, reader_token = await chat.user("bot"), await chat.user("reader")
+    await chat.room("general")
+    reader = await chat.ws(reader_token)
+    await reader.join("general")
+    root = (await reader.say("general", "question"))["seq"]
+    await reader.recv_op("message")
+    async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
+        async with client.stream("general", thread=root) as stream:
+            assert (await reader.recv_op("stream_start"))["thread"] == root
+            await stream.write("answer")
+        assert stream.thread == root and stream.ack is not None
+        with pytest.raises(NotFound):
+            async with client.stream("general", thread=root + 100):
+                raise AssertionError("the block runs only once the stream has started")
+    final = await reader.recv_op("message")
+    assert (final["seq"], final["thread"], final["text"]) == (stream.ack["seq"], root, "answer")
+
+
+async def test_send_may_reply_in_a_thread(chat: Chat) -> None:
+    """`send(room, text, thread=root)` posts a reply: the message carries `thread`; a root
+    the server refuses raises with its code."""
+    bot, reader_token = await chat.user("bot"), await chat.user("reader")
+    await chat.room("general")
+    reader = await chat.ws(reader_token)
+    await reader.join("general")
+    root = (await reader.say("general", "question"))["seq"]
+    await reader.recv_op("message")
+    async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
+        ack = await client.send("general", "answer", thread=root)
+        with pytest.raises(NotFound):
+            await client.send("general", "lost", thread=root + 100)
+    reply = await reader.recv_op("message")
+    assert (reply["seq"], reply["thread"], reply["text"]) == (ack["seq"], root, "answer")
+
+
 async def test_a_stream_block_that_raises_before_writing_stores_nothing(chat: Chat) -> None:
     """An exception inside `stream()` before any write discards the stream: readers get
     `stream_end` with `discarded`, and nothing is stored."""
@@ -313,3 +352,78 @@ async def test_requests_fail_with_connection_lost_and_messages_end_on_close(chat
         await asyncio.wait_for(waiter, 5)
     with pytest.raises(ConnectionLost):
         await client.send("general", "after close")
+
+
+def _drop(chat: Chat, client: ChatClient) -> None:
+    """Close the client's connection from the server's side, as a restart would (1001)."""
+    for session in chat.ctx.connections:
+        if session.conn_id == client.hello["conn"]:
+            session.outbox.close(1001, "going away")
+
+
+async def test_the_resume_point_follows_edits_deletions_and_reactions(chat: Chat) -> None:
+    """`messages()` yields messages only, but edits, deletions and reactions take the room's
+    seq and move the client's resume point, live or replayed: after a drop it re-joins with
+    `after` = the last event it saw, so the server replays exactly what it missed, and
+    `messages()` yields nothing twice and misses nothing."""
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    writer = await chat.ws(bob)
+    hub = chat.ctx.hub
+    # Time enough for the writer's ops to land while the client is away.
+    away = {"backoff_base": 0.05, "going_away_delay": (0.4, 0.5)}
+    async with ChatClient(str(chat.client.make_url("/ws")), alice, **away) as client:
+        await client.join("general")
+        plan = (await writer.say("general", "plan"))["seq"]
+        assert [m["text"] for m in await _next_messages(client, 1)] == ["plan"]
+        await writer.request({"op": "edit", "room": "general", "seq": plan,
+                              "text": "plan v2"}, "ack")
+        await client.request({"op": "react", "room": "general", "seq": plan, "emoji": "👍"})
+        await client.ping()  # the edit and the reaction have been read: the last seen is 3
+        replayed = hub.replayed
+        _drop(chat, client)
+        missed = [await writer.request({"op": "edit", "room": "general", "seq": plan,
+                                        "text": "plan v3"}, "ack"),
+                  await writer.say("general", "draft"),
+                  await writer.request({"op": "delete", "room": "general", "seq": plan},
+                                       "ack")]
+        assert [m["seq"] for m in missed] == [4, 5, 6]
+        assert [(m["seq"], m["text"]) for m in await _next_messages(client, 1)] == [
+            (5, "draft")]
+        await client.ping()  # the replayed deletion has been read too
+        assert client.reconnects == 1
+        # Resumed after 3: the three missed events, not the edit and reaction it had.
+        assert hub.replayed - replayed == len(missed)
+        replayed = hub.replayed
+        _drop(chat, client)
+        later = await writer.say("general", "later")
+        assert [(m["seq"], m["text"]) for m in await _next_messages(client, 1)] == [
+            (later["seq"], "later")]
+        # Resumed after 6, the replayed deletion: only the message sent while away.
+        assert client.reconnects == 2 and hub.replayed - replayed == 1
+    await writer.close()
+
+
+async def test_a_truncated_resume_moves_the_resume_point_past_trailing_events(
+        make_chat: ChatFactory) -> None:
+    """A truncated resume completed from history (messages only) still moves the resume
+    point past the events after the last message, so the next resume replays none of them."""
+    chat = await make_chat(replay_max=2)
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    writer = await chat.ws(bob)
+    plan = (await writer.say("general", "plan"))["seq"]
+    for emoji in ("👍", "🎉", "👀"):  # the room's log ends with three events
+        await writer.request({"op": "react", "room": "general", "seq": plan, "emoji": emoji},
+                             "ack")
+    away = {"backoff_base": 0.05, "going_away_delay": (0.2, 0.25)}
+    async with ChatClient(str(chat.client.make_url("/ws")), alice, **away) as client:
+        assert (await client.join("general", after=0)).get("truncated") is True
+        assert [m["text"] for m in await _next_messages(client, 1)] == ["plan"]
+        await client.ping()  # the resume has been completed from history
+        replayed = chat.ctx.hub.replayed
+        _drop(chat, client)
+        later = await writer.say("general", "later")
+        assert [m["seq"] for m in await _next_messages(client, 1)] == [later["seq"]]
+        assert chat.ctx.hub.replayed - replayed == 1  # resumed after 4, the last reaction
+    await writer.close()

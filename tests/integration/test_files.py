@@ -33,11 +33,13 @@ async def chat(tmp_path: Path, aiohttp_client: Any) -> Chat:
 
 
 def form(data: bytes, name: str = "notes.txt", text: str | None = None,
-         content_type: str = "text/plain") -> aiohttp.FormData:
+         content_type: str = "text/plain", thread: str | None = None) -> aiohttp.FormData:
     body = aiohttp.FormData()
     if text is not None:
         body.add_field("text", text)
     body.add_field("file", data, filename=name, content_type=content_type)
+    if thread is not None:  # after the file: the root can only be checked once it is read
+        body.add_field("thread", thread)
     return body
 
 
@@ -222,3 +224,78 @@ async def test_bad_multipart_is_400_with_a_reason(chat: Chat, body: bytes,
     answer = await response.json()
     assert answer["error"] == "bad_request" and reason in answer["message"]
     assert stored_files(chat) == []
+
+
+async def post_text(chat: Chat, token: str, room: str, text: str, thread: int | None = None
+                    ) -> int:
+    """Post a message over HTTP; its seq."""
+    body: dict[str, Any] = {"text": text} if thread is None else {"text": text, "thread": thread}
+    reply = await chat.client.post(f"/api/rooms/{room}/messages", json=body,
+                                   headers=chat.auth(token))
+    assert reply.status == 201, await reply.text()
+    seq: int = (await reply.json())["seq"]
+    return seq
+
+
+async def test_an_upload_with_thread_is_a_reply_live_in_history_and_counted(
+        backend_chat: Chat) -> None:
+    """An upload with `thread` posts a reply: the 201 body, the live frame and the history
+    items (of the room and of the thread) all carry `thread`, and the root counts it."""
+    chat = backend_chat
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    reader = await chat.ws(bob)
+    await reader.join("general")
+    root = await post_text(chat, alice, "general", "the slides?")
+    await reader.recv_op("message")
+    response = await post(chat, alice, "general",
+                          form(b"slides", "deck.pdf", text="here", thread=str(root)))
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    assert body["thread"] == root and body["file"]["name"] == "deck.pdf"
+    assert await reader.recv_op("message") == body
+    room = await (await chat.client.get("/api/rooms/general/messages",
+                                        headers=chat.auth(bob))).json()
+    [root_item, reply_item] = room["messages"]
+    assert reply_item == body
+    assert (root_item["replies"], root_item["last_reply"]) == (1, body["seq"])
+    thread = await (await chat.client.get("/api/rooms/general/messages",
+                                          params={"thread": str(root)},
+                                          headers=chat.auth(bob))).json()
+    assert thread["messages"] == [body]
+    await reader.close()
+
+
+async def test_an_upload_to_a_bad_thread_is_refused_and_keeps_nothing(backend_chat: Chat
+                                                                       ) -> None:
+    """A reply's seq, a seq that is not an integer (or past the largest seq) is 400
+    bad_request; an unknown seq, another room's message or a deleted root 404 not_found.
+    None leaves bytes on disk or takes a seq; an empty `thread` (a form's empty input) is
+    no thread."""
+    chat = backend_chat
+    alice = await chat.user("alice")
+    await chat.room("general")
+    await chat.room("other")
+    root = await post_text(chat, alice, "general", "root")
+    reply = await post_text(chat, alice, "general", "reply", thread=root)
+    gone = await post_text(chat, alice, "general", "doomed")
+    writer = await chat.ws(alice)
+    deleted = await writer.request({"op": "delete", "room": "general", "seq": gone}, "ack")
+    assert deleted["op"] == "ack", deleted
+    elsewhere = 0
+    while elsewhere <= deleted["seq"]:  # a seq that exists in "other" only
+        elsewhere = await post_text(chat, alice, "other", "elsewhere")
+    cases = [(str(reply), 400, "bad_request"), ("999", 404, "not_found"),
+             (str(elsewhere), 404, "not_found"), (str(gone), 404, "not_found"),
+             ("x1", 400, "bad_request"), ("-1", 400, "bad_request"),
+             (" 1", 400, "bad_request"), ("1.0", 400, "bad_request"),
+             ("9" * 17, 400, "bad_request"), ("1" * 100, 400, "bad_request")]
+    for thread, status, code in cases:
+        response = await post(chat, alice, "general", form(b"data", thread=thread))
+        assert response.status == status, (thread, await response.text())
+        assert (await response.json())["error"] == code, thread
+    assert stored_files(chat) == []
+    assert (await writer.join("general"))["seq"] == deleted["seq"]
+    response = await post(chat, alice, "general", form(b"data", thread=""))
+    assert response.status == 201 and "thread" not in await response.json()
+    await writer.close()

@@ -1,16 +1,21 @@
 """Threads (docs/protocol.md §10, "Threads") over the in-process server: a reply over the
 WebSocket or HTTP is live in the room with `thread`, a thread's history pages over both, roots
-in history count their replies, bad roots and unreadable rooms are refused, and search and
-export carry `thread`."""
+in history count their replies, bad roots and unreadable rooms are refused, search and
+export carry `thread`, and streams reply in threads too."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from chatserver import export
-from tests.integration.conftest import Chat
+from chatserver.app import create_app
+from chatserver.app_keys import CONTEXT
+from chatserver.config import BrokerConfig
+from tests.integration.conftest import Chat, WsClient, make_config
 from tests.integration.helpers import fast_user
 
 
@@ -146,13 +151,117 @@ async def test_search_and_export_carry_the_thread(chat: Chat) -> None:
     assert (lines[0]["replies"], lines[1]["thread"]) == (1, root["seq"])
 
 
-async def test_a_stream_cannot_start_in_a_thread(chat: Chat) -> None:
-    """`stream_start` with `thread` is bad_request (streams reply only in the main timeline),
-    so a streamed answer never lands outside the thread it was meant for."""
-    alice = await fast_user(chat, "alice")
+async def start_stream(client: WsClient, room: str, thread: object) -> dict[str, Any]:
+    """`stream_start` with `thread`: the ack, or the error answering it."""
+    return await client.request({"op": "stream_start", "room": room, "thread": thread}, "ack")
+
+
+async def test_a_stream_replies_in_a_thread(backend_chat: Chat) -> None:
+    """`stream_start` with `thread`: the room's `stream_start` (live, and a joiner's text so
+    far) and the stored message carry `thread`, deltas do not; the thread's history has the
+    message and the root counts it."""
+    chat = backend_chat
+    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
     await chat.room("general")
-    _, root = await post(chat, alice, "general", {"text": "root"})
-    a = await chat.ws(alice)
-    got = await a.request({"op": "stream_start", "room": "general", "thread": root["seq"]})
-    assert (got["op"], got["code"]) == ("error", "bad_request")
-    await a.close()
+    _, root = await post(chat, bob, "general", {"text": "summarise this"})
+    streamer, reader = await chat.ws(bot), await chat.ws(bob)
+    await reader.join("general")
+    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    assert await reader.recv_op("stream_start") == {
+        "op": "stream_start", "room": "general", "stream": stream, "user": "bot",
+        "thread": root["seq"]}
+    await streamer.send({"op": "stream_delta", "stream": stream, "text": "In short"})
+    assert "thread" not in await reader.recv_op("stream_delta")
+    late = await chat.ws(bob)
+    await late.join("general")
+    snapshot = await late.recv_op("stream_start")
+    assert (snapshot["thread"], snapshot["text"]) == (root["seq"], "In short")
+    ack = await streamer.request({"op": "stream_end", "stream": stream}, "ack")
+    final = await reader.recv_op("message")
+    assert (final["seq"], final["stream"], final["thread"]) == (ack["seq"], stream, root["seq"])
+    status, thread = await get(chat, bob, "general", thread=str(root["seq"]))
+    assert status == 200 and thread["messages"] == [final]
+    _, history = await get(chat, bob, "general")
+    assert (history["messages"][0]["replies"], history["messages"][0]["last_reply"]) == (
+        1, final["seq"])
+    for client in (streamer, reader, late):
+        await client.close()
+
+
+async def test_an_aborted_stream_stays_in_its_thread(backend_chat: Chat) -> None:
+    """A thread's stream whose connection closes is stored `aborted` as a reply in that
+    thread, and the root counts it."""
+    chat = backend_chat
+    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
+    await chat.room("general")
+    _, root = await post(chat, bob, "general", {"text": "question"})
+    streamer, reader = await chat.ws(bot), await chat.ws(bob)
+    await reader.join("general")
+    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    await streamer.send({"op": "stream_delta", "stream": stream, "text": "half an"})
+    await streamer.request({"op": "ping"}, "pong")  # the delta has been taken
+    await streamer.close()
+    final = await reader.recv_op("message")
+    assert (final["aborted"], final["thread"], final["text"]) == (True, root["seq"], "half an")
+    _, history = await get(chat, bob, "general")
+    assert history["messages"][0]["replies"] == 1
+    await reader.close()
+
+
+async def test_a_stream_to_a_bad_thread_is_refused_and_starts_nothing(backend_chat: Chat
+                                                                      ) -> None:
+    """`stream_start` with a reply's seq or a thread that is not an integer seq is
+    bad_request; with an unknown seq, another room's message or a deleted root not_found:
+    no stream starts and the room hears nothing."""
+    chat = backend_chat
+    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
+    await chat.room("general")
+    await chat.room("other")
+    _, root = await post(chat, bob, "general", {"text": "root"})
+    _, reply = await post(chat, bob, "general", {"text": "reply", "thread": root["seq"]})
+    _, gone = await post(chat, bob, "general", {"text": "doomed"})
+    streamer, reader = await chat.ws(bot), await chat.ws(bob)
+    deleted = await reader.request({"op": "delete", "room": "general", "seq": gone["seq"]},
+                                   "ack")
+    elsewhere = 0
+    while elsewhere <= deleted["seq"]:  # a seq that exists in "other" only
+        elsewhere = (await post(chat, bob, "other", {"text": "elsewhere"}))[1]["seq"]
+    await reader.join("general")
+    cases = [(reply["seq"], "bad_request"), (999, "not_found"), (elsewhere, "not_found"),
+             (gone["seq"], "not_found"), ("1", "bad_request"), (True, "bad_request"),
+             (-1, "bad_request")]
+    for thread, code in cases:
+        got = await start_stream(streamer, "general", thread)
+        assert (got["op"], got["code"]) == ("error", code), (thread, got)
+    await reader.expect_silence(0.2)
+    assert len(chat.ctx.streams) == 0
+    for client in (streamer, reader):
+        await client.close()
+
+
+async def test_a_joiner_on_another_instance_gets_the_streams_thread(
+        tmp_path: Path, aiohttp_client: Any, redis_url: str) -> None:
+    """With Redis, two instances on one store: a thread's stream started on one is mirrored
+    on the other with its `thread`, so a joiner there mid-stream gets it with the text so far."""
+    config = dataclasses.replace(make_config(tmp_path),
+                                 broker=BrokerConfig(backend="redis", url=redis_url))
+    one = await aiohttp_client(create_app(config))
+    two = await aiohttp_client(create_app(config))
+    first, second = Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])
+    bot, bob = await fast_user(first, "bot"), await fast_user(first, "bob")
+    await first.room("general")
+    _, root = await post(first, bob, "general", {"text": "root"})
+    watcher = await second.ws(bob)
+    await watcher.join("general")  # the second instance follows the room from now on
+    streamer = await first.ws(bot)
+    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    assert (await watcher.recv_op("stream_start"))["thread"] == root["seq"]
+    await streamer.send({"op": "stream_delta", "stream": stream, "text": "so far"})
+    await watcher.recv_op("stream_delta")  # the second instance has mirrored it
+    late = await second.ws(bob)
+    await late.join("general")
+    snapshot = await late.recv_op("stream_start")
+    assert (snapshot["stream"], snapshot["thread"], snapshot["text"]) == (
+        stream, root["seq"], "so far")
+    for client in (watcher, streamer, late):
+        await client.close()
