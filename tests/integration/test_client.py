@@ -23,7 +23,7 @@ from chatserver.client import (
     websocket_url,
 )
 from chatserver.config import RateConfig
-from tests.integration.conftest import Chat, ChatFactory
+from tests.integration.conftest import Chat, ChatFactory, WsClient
 
 FAST = {"backoff_base": 0.05, "going_away_delay": (0.05, 0.1)}
 
@@ -198,15 +198,21 @@ async def test_stream_sends_pieces_live_and_stores_one_message(chat: Chat) -> No
     assert final["text"] == "Hello" and final["stream"] == stream.id and "aborted" not in final
 
 
-async def test_a_stream_may_reply_in_a_thread(chat: Chat) -> None:
-    """`stream(room, thread=root)` streams a thread's reply: its `stream_start` and its
-    message carry `thread`; a root the server refuses raises before the block runs."""
+async def _thread_root(chat: Chat) -> tuple[str, WsClient, int]:
+    """A bot's token, a reader joined to "general", and the seq of a question posted there."""
     bot, reader_token = await chat.user("bot"), await chat.user("reader")
     await chat.room("general")
     reader = await chat.ws(reader_token)
     await reader.join("general")
     root = (await reader.say("general", "question"))["seq"]
     await reader.recv_op("message")
+    return bot, reader, root
+
+
+async def test_a_stream_may_reply_in_a_thread(chat: Chat) -> None:
+    """`stream(room, thread=root)` streams a thread's reply: its `stream_start` and its
+    message carry `thread`; a root the server refuses raises before the block runs."""
+    bot, reader, root = await _thread_root(chat)
     async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
         async with client.stream("general", thread=root) as stream:
             assert (await reader.recv_op("stream_start"))["thread"] == root
@@ -222,12 +228,7 @@ async def test_a_stream_may_reply_in_a_thread(chat: Chat) -> None:
 async def test_send_may_reply_in_a_thread(chat: Chat) -> None:
     """`send(room, text, thread=root)` posts a reply: the message carries `thread`; a root
     the server refuses raises with its code."""
-    bot, reader_token = await chat.user("bot"), await chat.user("reader")
-    await chat.room("general")
-    reader = await chat.ws(reader_token)
-    await reader.join("general")
-    root = (await reader.say("general", "question"))["seq"]
-    await reader.recv_op("message")
+    bot, reader, root = await _thread_root(chat)
     async with ChatClient(str(chat.client.make_url("/ws")), bot) as client:
         ack = await client.send("general", "answer", thread=root)
         with pytest.raises(NotFound):
