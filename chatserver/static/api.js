@@ -16,6 +16,11 @@ async function call(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  return fetchJson(path, init);
+}
+
+/** The JSON body of a 2xx answer; otherwise an ApiError with the server's reason. */
+async function fetchJson(path, init) {
   let response;
   try {
     response = await fetch(path, init);
@@ -39,12 +44,28 @@ export const createRoom = (name, isPrivate) =>
   call("POST", "/api/rooms", { name, private: isPrivate });
 export const openDirect = (user) => call("POST", "/api/direct", { user });
 
-/** One page of a room's history, ascending by seq: {room, messages, more}. */
-export function roomMessages(room, { before, after, limit = 50 } = {}) {
+/**
+ * One page of a room's history, ascending by seq: {room, messages, more}. With `thread` (a
+ * root's seq), that thread's replies only.
+ */
+export function roomMessages(room, { before, after, limit = 50, thread } = {}) {
   const query = new URLSearchParams({ limit: String(limit) });
   if (before != null) query.set("before", String(before));
   if (after != null) query.set("after", String(after));
+  if (thread != null) query.set("thread", String(thread));
   return call("GET", `/api/rooms/${encodeURIComponent(room)}/messages?${query}`);
+}
+
+/** Upload a file as a message (multipart; the browser sets the boundary): the message. */
+export async function uploadFile(room, file, { text = "", thread = null } = {}) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  if (text) form.append("text", text);
+  if (thread != null) form.append("thread", String(thread));
+  return fetchJson(`/api/rooms/${encodeURIComponent(room)}/files`, {
+    method: "POST", credentials: "same-origin", headers: { Accept: "application/json" },
+    body: form,
+  });
 }
 
 /** Who of a room's members is online now: {room, online: [names], truncated?}. */

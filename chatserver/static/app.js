@@ -18,6 +18,8 @@ const TRIM_SLACK = 200; // trim in chunks, not one node per frame
 const ROOMS_REFRESH_MS = 60_000;
 const TYPING_SEND_MS = 2_000;
 const ANNOUNCE_CHARS = 200;
+// A `read` goes out at most this often per room (the last position wins).
+const READ_SEND_MS = 1_000;
 // Screen readers get at most one announcement this often; a busy room is summarised.
 const ANNOUNCE_EVERY_MS = 1_500;
 // While the page is hidden, animation frames stop: render (unread counts, title) on a timer.
@@ -36,8 +38,13 @@ let roomsTimer = null;
 const typingSent = new Map(); // room -> time (ms) the last `typing` went out
 // Live messages are rendered once per animation frame, however many arrived meanwhile.
 let pendingRender = [];
+let changedMessages = new Set(); // messages edited, deleted, reacted to or replied to
+let threadDirty = false;
 let renderScheduled = false;
 let roomListDirty = false;
+// The open thread: {room, root, more, loading} or null.
+let thread = null;
+const readTimers = new Map(); // room -> timer of the pending `read`
 let unannounced = [];
 let announceTimer = null;
 
@@ -60,6 +67,9 @@ async function enterChat(me) {
   presenceAfterRejoin = false;
   typingSent.clear();
   pendingRender = [];
+  changedMessages = new Set();
+  threadDirty = false;
+  thread = null;
   roomListDirty = false;
   unannounced = [];
   view.showChat(me);
@@ -93,6 +103,8 @@ function leaveChat(message = "") {
   conn?.stop();
   conn = null;
   clearInterval(roomsTimer);
+  for (const timer of readTimers.values()) clearTimeout(timer);
+  readTimers.clear();
   state = null;
   view.showLogin(message);
 }
@@ -125,7 +137,11 @@ async function onLogout() {
 
 // -- rooms -----------------------------------------------------------------------------------
 
-/** Reload the room list; join every room this user is a member of (for unread counts). */
+/**
+ * Reload the room list with the server's unread and mention counts; join every room this
+ * user is a member of, so the counts stay current. A first join replays what came after the
+ * counts' seq: nothing falls between the count and the live messages.
+ */
 async function refreshRooms() {
   if (!state) return;
   let listings;
@@ -139,13 +155,16 @@ async function refreshRooms() {
   if (!state) return;
   for (const listing of listings) {
     const room = state.upsertRoom(listing);
-    if (room.member) joinRoom(room.name).catch(() => {}); // joinRoom shows the error
+    if (room.member && !conn.isJoined(room.name)) {
+      joinRoom(room.name, { after: room.countedSeq }).catch(() => {}); // it shows the error
+    }
   }
   view.renderRoomList(state);
+  view.setTitle(state.totalUnread());
 }
 
-function joinRoom(name) {
-  return conn.join(name).catch((error) => {
+function joinRoom(name, options) {
+  return conn.join(name, options).catch((error) => {
     view.showNotice(`Cannot join ${name}: ${error.message}`);
     throw error;
   });
@@ -154,6 +173,7 @@ function joinRoom(name) {
 async function openRoom(name, { focus = false } = {}) {
   const room = state?.open(name);
   if (!room) return;
+  if (thread && thread.room !== name) closeThread();
   history.replaceState(null, "", `#${encodeURIComponent(name)}`);
   view.renderRoomList(state);
   view.renderRoomHeader(state, room);
@@ -173,6 +193,7 @@ async function openRoom(name, { focus = false } = {}) {
     presenceAfterRejoin = false;
     const presence = fetchPresence(room);
     if (!room.historyLoaded) await fillHistory(room, joined.seq);
+    markReadIfSeen(room);
     await presence;
   } catch {
     // joinRoom showed why
@@ -200,6 +221,7 @@ async function fillHistory(room, joinedSeq) {
     performance.mark("room:fetched");
     if (state?.rooms.get(room.name) !== room) return; // logged out meanwhile
     for (const page of pages) state.addHistory(room.name, page);
+    state.flushPendingEvents(room);
     room.hasOlder = pages.length > 0 && pages[pages.length - 1].more;
     room.historyLoaded = true;
     if (state?.openRoom === room.name) view.renderMessages(room);
@@ -252,6 +274,7 @@ async function loadOlder(room, limit = HISTORY_PAGE) {
     });
     if (state?.rooms.get(room.name) !== room) return false; // logged out meanwhile
     state.addHistory(room.name, page);
+    state.flushPendingEvents(room); // before the page is drawn, which shows the result
     room.hasOlder = page.more;
     const first = !room.historyLoaded;
     room.historyLoaded = true;
@@ -318,8 +341,17 @@ function onComposerInput() {
 
 function onSend(event) {
   event.preventDefault();
-  const input = $("composer-input");
-  const room = state?.openRoom;
+  sendFrom($("composer-input"), state?.openRoom, null);
+}
+
+function onThreadSend(event) {
+  event.preventDefault();
+  if (thread) sendFrom($("thread-input"), thread.room, thread.root);
+}
+
+/** Send what `input` holds to `room` (a reply when `root` is a seq); the input is emptied,
+ * and refilled when the server refuses the message, so the user can retry. */
+function sendFrom(input, room, root) {
   const text = input.value;
   if (!room || !text.trim()) return;
   const limit = conn.hello?.limits?.max_message_bytes;
@@ -334,15 +366,200 @@ function onSend(event) {
   }
   input.value = "";
   typingSent.delete(room);
-  conn.send(room, text).catch((error) => {
+  conn.send(room, text, root).catch((error) => {
     if (error.code === "connection_lost") {
       view.showNotice("The connection dropped before the server confirmed the message; " +
         "it appears in the room if it was stored.");
       return;
     }
     view.showNotice(error.message);
-    if (!input.value && state?.openRoom === room) input.value = text; // let the user retry
+    if (!input.value) input.value = text; // let the user retry
   });
+}
+
+async function onFileChosen(event) {
+  const input = event.currentTarget;
+  const file = input.files?.[0];
+  const room = state?.openRoom;
+  input.value = ""; // choosing the same file again fires `change` again
+  if (!file || !room) return;
+  view.showNotice(`Uploading ${file.name}…`, "info");
+  try {
+    await api.uploadFile(room, file); // the message arrives over the socket like any other
+    view.showNotice(`Uploaded ${file.name}.`, "info");
+  } catch (error) {
+    view.showNotice(`Could not upload ${file.name}: ${error.message}`);
+  }
+}
+
+// -- reading ---------------------------------------------------------------------------------
+
+/**
+ * The open room is being read when the page is visible and scrolled to the newest message:
+ * everything held is read then. The server hears of it at most every READ_SEND_MS (the
+ * last position), and tells the user's other devices.
+ */
+function markReadIfSeen(room) {
+  if (!room || state?.openRoom !== room.name || !room.historyLoaded) return;
+  if (document.visibilityState !== "visible" || !view.atBottom()) return;
+  const newest = room.messages.newest;
+  if (newest == null || !state.markRead(room, newest)) return;
+  roomListDirty = true;
+  scheduleRender();
+  if (readTimers.has(room.name)) return; // a send is due: it takes the newest position
+  sendRead(room);
+  // Reads in the next READ_SEND_MS wait for this timer, which sends the last of them.
+  readTimers.set(room.name, setTimeout(() => {
+    readTimers.delete(room.name);
+    if (room.readSeq > room.readSent) sendRead(room);
+  }, READ_SEND_MS));
+}
+
+function sendRead(room) {
+  if (!conn?.connected || !conn.isJoined(room.name)) return; // the next read or listing retries
+  room.readSent = room.readSeq;
+  conn.read(room.name, room.readSeq).catch(() => {});
+}
+
+// -- threads ---------------------------------------------------------------------------------
+
+/** Show a thread beside the room: the replies held (live ones join), then its history. */
+async function openThread(room, root) {
+  if (thread && (thread.room !== room.name || thread.root !== root)) closeThread();
+  if (!thread) thread = { room: room.name, root, more: false, loading: false };
+  state.openThread(room, root);
+  renderThread();
+  $("thread-input").focus();
+  await loadThreadPage(room, null);
+}
+
+/** The newest page of the thread's replies, or the page before `before`. */
+async function loadThreadPage(room, before) {
+  const open = thread;
+  if (!open || open.loading) return;
+  open.loading = true;
+  renderThread();
+  try {
+    const page = await api.roomMessages(room.name, {
+      thread: open.root, before: before ?? undefined, limit: HISTORY_PAGE,
+    });
+    if (thread !== open) return;
+    state.addThreadPage(room, open.root, page);
+    if (before == null || !page.more) open.more = page.more;
+  } catch (error) {
+    view.showNotice(`Could not load the thread: ${error.message}`);
+  } finally {
+    open.loading = false;
+    if (thread === open) renderThread();
+  }
+}
+
+function renderThread() {
+  const room = thread && state?.rooms.get(thread.room);
+  if (!room) return;
+  const streams = [...room.streams.values()].filter((stream) => stream.thread === thread.root);
+  view.renderThread(state.label(room), thread.root, room.find(thread.root),
+    room.threads.get(thread.root) ?? [], { hasOlder: thread.more, busy: thread.loading, streams });
+}
+
+function closeThread() {
+  if (thread) state?.rooms.get(thread.room)?.threads.delete(thread.root);
+  thread = null;
+  view.closeThread();
+}
+
+// -- acting on a message ---------------------------------------------------------------------
+
+/** The message a click or key landed on, with its room: {room, message, node} or null. */
+function messageAt(target) {
+  const node = target.closest("li.msg[data-seq]");
+  const room = state?.rooms.get(node?.closest("#thread-panel") ? thread?.room : state.openRoom);
+  const message = node && room?.find(Number(node.dataset.seq));
+  return message ? { room, message, node } : null;
+}
+
+function onMessageAction(event) {
+  const button = event.target.closest("button[data-action]");
+  const at = button && messageAt(button);
+  if (!at) return;
+  const { room, message, node } = at;
+  const fail = (error) => view.showNotice(error.message);
+  switch (button.dataset.action) {
+    case "reply":
+    case "thread":
+      openThread(room, message.seq);
+      break;
+    case "react":
+      view.toggleReactionPicker(node);
+      break;
+    case "pick-reaction":
+      view.closeReactionPicker();
+      conn.react(room.name, message.seq, button.dataset.emoji).catch(fail);
+      break;
+    case "toggle-reaction": {
+      const emoji = button.dataset.emoji;
+      const mine = (message.reactions ?? []).some((r) => r.emoji === emoji
+        && r.users.includes(state.me.name));
+      conn.react(room.name, message.seq, emoji, mine).catch(fail);
+      break;
+    }
+    case "edit":
+      view.startEditing(node, message);
+      break;
+    case "cancel-edit":
+      stopEditing(node, message);
+      break;
+    case "delete":
+      // A native dialog: accessible, and it blocks a second click.
+      if (window.confirm("Delete this message? Its text and file are erased for everyone.")) {
+        conn.deleteMessage(room.name, message.seq).catch(fail);
+      }
+      break;
+    default:
+  }
+}
+
+function stopEditing(node, message) {
+  node.querySelector(".msg-editor")?.remove();
+  view.updateMessage(message);
+}
+
+async function onEditSubmit(event) {
+  const form = event.target.closest("form.msg-editor");
+  const at = form && messageAt(form);
+  if (!at) return;
+  event.preventDefault();
+  const { room, message, node } = at;
+  const text = form.querySelector("textarea").value;
+  if (text === message.text) return stopEditing(node, message);
+  if (!text.trim()) {
+    view.showNotice("A message cannot be empty; use Delete to remove it.");
+    return;
+  }
+  form.querySelector("button[type=submit]").disabled = true;
+  try {
+    await conn.edit(room.name, message.seq, text);
+    // The `edited` frame may come before or after the ack; either way show the new text.
+    const current = room.find(message.seq) ?? message;
+    const shownNode = document.querySelector(`li.msg[data-seq="${message.seq}"] .msg-editor`)
+      ?.closest("li.msg") ?? node;
+    stopEditing(shownNode, current);
+  } catch (error) {
+    view.showNotice(error.message);
+    form.querySelector("button[type=submit]").disabled = false;
+  }
+}
+
+function onEditKey(event) {
+  const form = event.target.closest("form.msg-editor");
+  if (!form) return;
+  if (event.key === "Escape") {
+    const at = messageAt(form);
+    if (at) stopEditing(at.node, at.message);
+  } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
 }
 
 // -- server frames ---------------------------------------------------------------------------
@@ -355,6 +572,8 @@ function bindConnection(connection) {
   on("hello", onHello);
   on("joined", onJoined);
   on("message", onMessage);
+  on("event", onRoomEvent);
+  on("resynced", onResynced);
   on("frame", onFrame);
   on("unauthorized", () => leaveChat("Your session has ended; log in again."));
 }
@@ -382,9 +601,38 @@ function onJoined(joined) {
 
 function onMessage(message) {
   if (state.addMessage(message) < 0) return;
+  const room = state.rooms.get(message.room);
   if (state.openRoom === message.room) pendingRender.push(message);
-  else roomListDirty = true;
+  if (state.isUnread(room, message)) roomListDirty = true; // its count and the title
+  if (message.thread != null) {
+    const root = room.find(message.thread);
+    if (root) changedMessages.add(root); // its reply count
+    if (thread?.room === message.room && thread.root === message.thread) threadDirty = true;
+  }
   scheduleRender();
+}
+
+/** An edit, deletion or reaction: the message it changed is redrawn with the next frame. */
+function onRoomEvent(frame) {
+  const changed = state.applyEvent(frame);
+  if (!changed) return;
+  changedMessages.add(changed.message);
+  if (frame.op === "deleted") roomListDirty = true; // it may have been unread
+  scheduleRender();
+}
+
+/** A resume was truncated: edits of messages held from before it may be missing. The room
+ * is read afresh (its counts too); the open one reloads its history now. */
+function onResynced({ room: name }) {
+  const room = state.rooms.get(name);
+  if (!room) return;
+  state.forgetMessages(room);
+  if (thread?.room === name) closeThread();
+  if (state.openRoom === name) {
+    view.renderMessages(room);
+    loadOlder(room); // the newest page, as none is held
+  }
+  refreshRooms();
 }
 
 function scheduleRender() {
@@ -408,6 +656,14 @@ function flushRender() {
     view.renderTyping(state.typingIn(room));
     trimOpenRoom(room);
     announce(mine.filter((message) => message.user !== state.me.name));
+    markReadIfSeen(room);
+  }
+  const changed = changedMessages;
+  changedMessages = new Set();
+  for (const message of changed) view.updateMessage(message);
+  if (threadDirty) {
+    threadDirty = false;
+    renderThread();
   }
   if (roomListDirty) {
     roomListDirty = false;
@@ -468,6 +724,13 @@ const FRAME_HANDLERS = {
     state.endStream(frame);
     view.removeStream(frame.stream);
   },
+  read(frame) {
+    // The user read the room on another device.
+    const room = state.rooms.get(frame.room);
+    if (!room || !state.markRead(room, frame.seq)) return;
+    roomListDirty = true;
+    scheduleRender();
+  },
   error(frame) {
     view.showNotice(String(frame.message ?? frame.code ?? "error"));
   },
@@ -487,6 +750,20 @@ function bindForms() {
   $("composer").addEventListener("submit", onSend);
   $("composer-input").addEventListener("keydown", onComposerKey);
   $("composer-input").addEventListener("input", onComposerInput);
+  $("composer-file").addEventListener("change", onFileChosen);
+  $("thread-composer").addEventListener("submit", onThreadSend);
+  $("thread-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("thread-composer").requestSubmit();
+    }
+  });
+  $("thread-close").addEventListener("click", closeThread);
+  $("thread-older").addEventListener("click", () => {
+    const room = thread && state?.rooms.get(thread.room);
+    const replies = room?.threads.get(thread.root);
+    if (replies) loadThreadPage(room, replies.oldest);
+  });
 }
 
 function bindChat() {
@@ -498,13 +775,30 @@ function bindChat() {
     const room = state?.rooms.get(state.openRoom);
     if (room) loadOlder(room);
   });
-  // Links in messages open in a new tab, so the chat stays where it is.
-  $("message-list").addEventListener("click", (event) => {
-    const link = event.target.closest(".msg-body a[href]");
-    if (!link) return;
-    event.preventDefault();
-    window.open(link.href, "_blank", "noopener,noreferrer");
+  for (const list of [$("message-list"), $("thread-root"), $("thread-list")]) {
+    list.addEventListener("click", (event) => {
+      // Links in messages open in a new tab, so the chat stays where it is.
+      const link = event.target.closest(".msg-body a[href]");
+      if (link) {
+        event.preventDefault();
+        window.open(link.href, "_blank", "noopener,noreferrer");
+        return;
+      }
+      onMessageAction(event);
+    });
+    list.addEventListener("submit", onEditSubmit);
+    list.addEventListener("keydown", onEditKey);
+  }
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    if (document.querySelector(".reaction-picker")) view.closeReactionPicker();
+    else if (thread && $("thread-panel").contains(document.activeElement)
+      && !event.target.closest("form.msg-editor")) closeThread();
   });
+  // Reaching the newest message, or coming back to the page, reads the open room.
+  const readOpenRoom = () => markReadIfSeen(state?.rooms.get(state.openRoom));
+  $("message-scroller").addEventListener("scroll", readOpenRoom, { passive: true });
+  document.addEventListener("visibilitychange", readOpenRoom);
   window.addEventListener("focus", () => refreshRooms());
   window.addEventListener("hashchange", () => {
     const name = roomFromHash();

@@ -6,7 +6,10 @@
 //   "hello"        the hello frame (a new socket; rooms are being re-joined)
 //   "joined"       the joined frame
 //   "message"      a message frame, once per seq per connection lifetime of the room cursor
-//   "frame"        any other server frame without a pending request (typing, presence, stream_*, error)
+//   "event"        an edited, deleted or reaction frame: like messages, once per seq, in order
+//   "resynced"     {room}: a resume was truncated; messages held from before it may be stale
+//   "frame"        any other server frame without a pending request (typing, presence, read,
+//                  stream_*, error)
 //   "unauthorized" the session is gone (logged out elsewhere, revoked): reconnecting stops
 
 export const BACKOFF_BASE_MS = 500;
@@ -27,6 +30,9 @@ export const PING_INTERVAL_MS = 25_000;
 export const PONG_TIMEOUT_MS = 10_000;
 export const HISTORY_PAGE = 200;
 const CLIENT_ABANDON_CODE = 4000;
+// Frames that take a room's seq (docs/protocol.md §10, "Room events"): all of them move the
+// resume cursor, or a resume would replay edits and reactions already applied.
+const ROOM_LOG_OPS = new Set(["message", "edited", "deleted", "reaction"]);
 
 /** Full-jitter exponential backoff; at least 0.5-5 s (jittered) when the server asked for it. */
 export function backoffDelay(attempt, closeCode, random = Math.random) {
@@ -55,7 +61,8 @@ export class RequestError extends Error {
 /** Per-room resume cursor. `seq` is the highest seq up to which nothing is missing. */
 class RoomCursor {
   constructor() {
-    this.seq = null;         // null until the first `joined`
+    this.seq = null;         // null until the first `joined` (or the first join's `after`)
+    this.joined = false;     // a `joined` arrived once: later joins resolve at once
     this.catchUpTo = null;   // set while paging with `history after=` after a truncated join
     this.liveMax = 0;        // highest live seq seen while catching up
     this.waiters = [];       // [resolve, reject] of join() calls waiting for `joined`
@@ -225,11 +232,10 @@ export class ChatConnection extends EventTarget {
       return;
     }
     if (!frame || typeof frame.op !== "string") return;
+    if (ROOM_LOG_OPS.has(frame.op)) return this.onRoomEvent(frame);
     switch (frame.op) {
       case "hello":
         return this.onHello(frame);
-      case "message":
-        return this.onMessage(frame);
       case "joined":
         return this.onJoined(frame);
       default:
@@ -264,7 +270,8 @@ export class ChatConnection extends EventTarget {
     return true;
   }
 
-  onMessage(frame) {
+  /** A frame of the room's log (a message or an event on one), once per seq, in order. */
+  onRoomEvent(frame) {
     const cursor = this.rooms.get(frame.room);
     if (!cursor) return; // left meanwhile
     if (cursor.catchUpTo !== null) {
@@ -275,7 +282,7 @@ export class ChatConnection extends EventTarget {
     } else {
       cursor.seq = frame.seq;
     }
-    this.dispatch("message", frame);
+    this.dispatch(frame.op === "message" ? "message" : "event", frame);
   }
 
   onJoined(frame) {
@@ -285,10 +292,14 @@ export class ChatConnection extends EventTarget {
     if (frame.truncated) {
       cursor.catchUpTo = frame.seq;
       cursor.liveMax = 0;
+      // History pages carry messages in their current state, but not the edits, deletions
+      // and reactions of older messages that fell in the gap: whoever holds those re-reads.
+      this.dispatch("resynced", { room: frame.room });
       this.catchUp(frame.room, cursor);
     } else {
       cursor.seq = Math.max(cursor.seq ?? 0, frame.seq);
     }
+    cursor.joined = true;
     for (const [resolve] of cursor.waiters.splice(0)) resolve(frame);
     this.dispatch("joined", frame);
   }
@@ -354,16 +365,21 @@ export class ChatConnection extends EventTarget {
     for (const { reject } of pending) reject(new RequestError("connection_lost", why));
   }
 
-  /** Join a room and keep it joined across reconnects; resolves with the `joined` frame. */
-  join(room) {
+  /**
+   * Join a room and keep it joined across reconnects; resolves with the `joined` frame. A
+   * first join with `after` replays what came after that seq (messages and events), as a
+   * resume does.
+   */
+  join(room, { after = null } = {}) {
     let cursor = this.rooms.get(room);
-    if (cursor && cursor.seq !== null) {
+    if (cursor?.joined) {
       // Joined before: the subscription (or its resume after a reconnect) is already there.
       return Promise.resolve({ op: "joined", room, seq: cursor.seq });
     }
     const isNew = !cursor;
     if (isNew) {
       cursor = new RoomCursor();
+      cursor.seq = after;
       this.rooms.set(room, cursor);
     }
     const joined = new Promise((resolve, reject) => cursor.waiters.push([resolve, reject]));
@@ -400,8 +416,28 @@ export class ChatConnection extends EventTarget {
     return this.rooms.has(room);
   }
 
-  send(room, text) {
-    return this.request({ op: "send", room, text });
+  /** Post a message; `thread` (a root's seq) makes it a reply. Resolves with the ack. */
+  send(room, text, thread = null) {
+    const frame = { op: "send", room, text };
+    if (thread != null) frame.thread = thread;
+    return this.request(frame);
+  }
+
+  edit(room, seq, text) {
+    return this.request({ op: "edit", room, seq, text });
+  }
+
+  deleteMessage(room, seq) {
+    return this.request({ op: "delete", room, seq });
+  }
+
+  react(room, seq, emoji, remove = false) {
+    return this.request({ op: "react", room, seq, emoji, remove });
+  }
+
+  /** The user has read `room` up to `seq`; resolves with the position now. */
+  read(room, seq) {
+    return this.request({ op: "read", room, seq });
   }
 
   typing(room) {

@@ -5,6 +5,14 @@
 const $ = (id) => document.getElementById(id);
 const NEAR_BOTTOM_PX = 80;
 const NOTICE_MS = 8_000;
+// Unread counts past this show as "999+" (the server counts at most 1,000).
+const UNREAD_SHOWN_MAX = 999;
+// The reaction picker's choices; any other emoji arrives from other clients and shows too.
+export const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢", "👀", "✅"];
+
+// Who is looking: their own messages (and every message, for an admin) can be changed, and
+// messages mentioning them are highlighted.
+let viewer = { name: "", admin: false };
 
 const STATE_TEXT = {
   connecting: "connecting…",
@@ -48,6 +56,8 @@ export function setLoginError(message) {
 }
 
 export function showChat(me) {
+  viewer = { name: me.name, admin: Boolean(me.admin) };
+  closeThread();
   $("login-view").hidden = true;
   $("chat-view").hidden = false;
   $("conn-status").hidden = false;
@@ -64,6 +74,7 @@ export function setConnectionState(state, retryInMs) {
   }
   node.textContent = text;
   $("composer-send").disabled = state !== "connected";
+  $("thread-send").disabled = state !== "connected";
 }
 
 let noticeTimer = null;
@@ -109,10 +120,19 @@ function roomItem(state, room) {
   const isOpen = room.name === state.openRoom;
   const peer = state.peer(room);
   const status = peer ? state.presence.get(peer) ?? "unknown" : null;
-  const unread = room.unread > 0
+  const count = room.capped || room.unread > UNREAD_SHOWN_MAX ? `${UNREAD_SHOWN_MAX}+`
+    : String(room.unread);
+  const unread = room.unread > 0 || room.capped
     ? el("span", { className: "unread" }, [
-      String(room.unread),
+      count,
       el("span", { className: "visually-hidden", text: " unread" }),
+    ])
+    : null;
+  const mentioned = room.mentions > 0
+    ? el("span", { className: "mention-count", attrs: { title: "mentions of you" } }, [
+      `@${room.mentions}`,
+      el("span", { className: "visually-hidden", text: room.mentions === 1 ? " mention"
+        : " mentions" }),
     ])
     : null;
   const button = el("button", {
@@ -125,6 +145,7 @@ function roomItem(state, room) {
     ]) : null,
     el("span", { className: "room-name", text: state.label(room) }),
     el("span", { className: `badge ${room.kind}`, text: room.kind }),
+    mentioned,
     unread,
   ]);
   return el("li", {}, [button]);
@@ -155,10 +176,11 @@ export function renderRoomHeader(state, room) {
 // The open room's message nodes by seq: finds where a message goes without querying the DOM.
 let shown = new Map();
 
-/** Replace the message list with the room's messages and its streams in progress. */
+/** Replace the message list with the room's messages and its streams in progress. Thread
+ * replies are not in the main timeline: their root counts them, the thread panel shows them. */
 export function renderMessages(room) {
   shown = new Map();
-  const items = room ? [...room.messages].map(shownElement) : [];
+  const items = room ? [...room.messages].filter(isTopLevel).map(shownElement) : [];
   $("message-list").replaceChildren(...items);
   renderLoadOlder(room);
   renderStreams(room);
@@ -183,7 +205,12 @@ export function renderLoadOlder(room, busy = false) {
  * what the reader sees in place.
  */
 export function insertMessages(room, messages, { older = false } = {}) {
-  const fresh = messages.filter((m) => !shown.has(m.seq) && room.messages.bySeq.has(m.seq))
+  // A streamed thread reply goes to its thread, not here; its placeholder here ends with it.
+  for (const message of messages) {
+    if (message.stream && !isTopLevel(message)) removeStream(message.stream);
+  }
+  const fresh = messages
+    .filter((m) => isTopLevel(m) && !shown.has(m.seq) && room.messages.bySeq.has(m.seq))
     .sort((a, b) => a.seq - b.seq);
   if (fresh.length === 0) return;
   const scroller = $("message-scroller");
@@ -236,26 +263,199 @@ function nextShownNode(room, seq) {
   return null;
 }
 
+const isTopLevel = (message) => message.thread == null;
+
 function shownElement(message) {
   const node = messageElement(message);
   shown.set(message.seq, node);
   return node;
 }
 
-function messageElement(message) {
+/**
+ * Show a message's new state (an edit, a deletion, a reaction, a reply counted on it) where
+ * it is shown: the timeline and the thread panel. An edit in progress stays open.
+ */
+export function updateMessage(message) {
+  const inTimeline = shown.get(message.seq);
+  if (inTimeline) shown.set(message.seq, replaceMessageNode(inTimeline, message, {}));
+  const inThread = threadNode(message.seq);
+  if (inThread) {
+    threadShown.set(message.seq, replaceMessageNode(inThread, message, { inThread: true }));
+  }
+}
+
+function replaceMessageNode(node, message, options) {
+  const fresh = messageElement(message, options);
+  const refocus = carryEditor(node, fresh, message);
+  node.replaceWith(fresh);
+  if (refocus) focusEditor(fresh);
+  return fresh;
+}
+
+/** Move an edit in progress from `node` to `fresh`, its redrawn self (unless the message
+ * was deleted meanwhile); true when the editor had the focus, which moving it loses. */
+function carryEditor(node, fresh, message) {
+  const editor = node?.querySelector(".msg-editor");
+  if (!editor || message.deleted) return false;
+  const hadFocus = editor.contains(document.activeElement);
+  fresh.querySelector(".msg-body").replaceWith(editor);
+  return hadFocus;
+}
+
+function focusEditor(node) {
+  node.querySelector(".msg-editor textarea")?.focus();
+}
+
+/** A message as a list item: who and when, the body, its file, reactions, thread, actions.
+ * `inThread`: in the thread panel (no "reply" action, no reply count). */
+function messageElement(message, { inThread = false } = {}) {
   const meta = el("div", { className: "msg-meta" }, [
     el("span", { className: "msg-user", text: message.user }),
     " ",
     timeElement(message.ts),
     message.aborted ? el("span", { className: "msg-note", text: " (interrupted)" }) : null,
+    message.edited && !message.deleted ? editedElement(message.edited) : null,
   ]);
-  return el("li", { className: "msg", dataset: { seq: String(message.seq) } },
-    [meta, messageBody(message)]);
+  const classes = ["msg"];
+  if (message.deleted) classes.push("deleted");
+  else if (message.user !== viewer.name && mentionsViewer(message)) classes.push("mentions-me");
+  return el("li", { className: classes.join(" "), dataset: { seq: String(message.seq) } }, [
+    meta,
+    messageBody(message),
+    message.deleted ? null : fileElement(message.file),
+    message.deleted ? null : reactionsElement(message),
+    inThread ? null : threadSummary(message),
+    message.deleted ? null : actionsElement(message, inThread),
+  ]);
+}
+
+function mentionsViewer(message) {
+  return Boolean(message.mentions_room) || (message.mentions ?? []).includes(viewer.name);
+}
+
+function editedElement(ts) {
+  const date = new Date(ts);
+  const title = Number.isNaN(date.getTime()) ? "edited" : `edited ${fullDate.format(date)}`;
+  return el("span", { className: "msg-edited", text: " (edited)", attrs: { title } });
+}
+
+function actionsElement(message, inThread) {
+  const mine = message.user === viewer.name || viewer.admin;
+  const action = (name, label, text) => el("button", {
+    className: "msg-action", text,
+    attrs: { type: "button", "aria-label": label, title: label }, dataset: { action: name },
+  });
+  return el("div", { className: "msg-actions" }, [
+    inThread || message.thread != null ? null : action("reply", "Reply in thread", "Reply"),
+    action("react", "Add a reaction", "☺+"),
+    mine ? action("edit", "Edit message", "Edit") : null,
+    mine ? action("delete", "Delete message", "Delete") : null,
+  ]);
+}
+
+function reactionsElement(message) {
+  const reactions = message.reactions ?? [];
+  if (reactions.length === 0) return null;
+  return el("div", { className: "reactions" }, reactions.map((reaction) => {
+    const mine = reaction.users.includes(viewer.name);
+    const others = reaction.count - reaction.users.length;
+    const who = reaction.users.join(", ") + (others > 0 ? ` and ${others} more` : "");
+    return el("button", {
+      className: "reaction",
+      attrs: {
+        type: "button", "aria-pressed": String(mine),
+        "aria-label": `${reaction.emoji} ${reaction.count}: ${who}`, title: who,
+      },
+      dataset: { action: "toggle-reaction", emoji: reaction.emoji },
+    }, [el("span", { className: "reaction-emoji", text: reaction.emoji }), ` ${reaction.count}`]);
+  }));
+}
+
+function threadSummary(message) {
+  if (!message.replies) return null;
+  const label = message.replies === 1 ? "1 reply" : `${message.replies} replies`;
+  return el("button", {
+    className: "thread-summary", text: label,
+    attrs: { type: "button", "aria-label": `${label}: open the thread` },
+    dataset: { action: "thread" },
+  });
+}
+
+const SIZE_UNITS = ["bytes", "KB", "MB", "GB"];
+
+function sizeText(size) {
+  let value = Number(size) || 0;
+  let unit = 0;
+  while (value >= 1024 && unit < SIZE_UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(1)} ${SIZE_UNITS[unit]}`;
+}
+
+/** A file: its thumbnail (images) linking to the file, and a link with its name and size.
+ * The URLs are the server's own (`/api/files/...`), served with the room's permissions. */
+function fileElement(file) {
+  if (!file || typeof file.url !== "string" || !file.url.startsWith("/api/files/")) return null;
+  const link = (children) => el("a", {
+    attrs: { href: file.url, target: "_blank", rel: "noopener noreferrer" },
+  }, children);
+  const thumbnail = typeof file.thumbnail_url === "string"
+    && file.thumbnail_url.startsWith("/api/files/")
+    ? link([el("img", {
+      className: "msg-thumbnail", attrs: { src: file.thumbnail_url, alt: file.name ?? "" },
+    })])
+    : null;
+  return el("div", { className: "msg-file" }, [
+    thumbnail,
+    link([`📎 ${file.name ?? "file"}`]),
+    el("span", { className: "msg-file-size", text: ` (${sizeText(file.size)})` }),
+  ]);
+}
+
+/** Replace a message's body with an editor of its text (Enter saves, Escape cancels). */
+export function startEditing(node, message) {
+  const input = el("textarea", {
+    className: "msg-edit-input", text: message.text ?? "",
+    attrs: { rows: "3", "aria-label": "Edit message" },
+  });
+  const editor = el("form", { className: "msg-editor" }, [
+    input,
+    el("div", { className: "msg-editor-buttons" }, [
+      el("button", { text: "Save", attrs: { type: "submit" } }),
+      el("button", { text: "Cancel", attrs: { type: "button" }, dataset: { action: "cancel-edit" } }),
+    ]),
+  ]);
+  node.querySelector(".msg-body, .msg-editor").replaceWith(editor);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+/** The reaction picker under a message (one open at a time); toggles. */
+export function toggleReactionPicker(node) {
+  const open = document.querySelector(".reaction-picker");
+  const wasHere = open && node.contains(open);
+  open?.remove();
+  if (wasHere) return;
+  const picker = el("div", {
+    className: "reaction-picker", attrs: { role: "group", "aria-label": "Pick a reaction" },
+  }, QUICK_REACTIONS.map((emoji) => el("button", {
+    text: emoji, attrs: { type: "button", "aria-label": `React with ${emoji}` },
+    dataset: { action: "pick-reaction", emoji },
+  })));
+  node.append(picker);
+  picker.querySelector("button").focus();
+}
+
+export function closeReactionPicker() {
+  document.querySelector(".reaction-picker")?.remove();
 }
 
 function messageBody(message) {
   const body = el("div", { className: "msg-body" });
-  if (typeof message.html === "string") {
+  if (message.deleted) {
+    body.textContent = "This message was deleted.";
+  } else if (typeof message.html === "string") {
     // The one HTML insertion: `html` is the server's Markdown output after its nh3 allow-list
     // sanitiser (no script, no event handlers, no javascript: links).
     body.innerHTML = message.html;
@@ -293,25 +493,89 @@ function timeElement(ts) {
   return el("time", { text, attrs: { datetime: ts, title: fullDate.format(date) } });
 }
 
+// -- the thread panel ------------------------------------------------------------------------
+
+// The thread panel's message nodes (root and replies) by seq.
+let threadShown = new Map();
+
+function threadNode(seq) {
+  return threadShown.get(seq) ?? null;
+}
+
+/**
+ * Show a thread: its root (when held) and its replies in seq order, scrolled to the newest
+ * when the reader was there. `rootSeq` names the thread when the root is not held.
+ */
+export function renderThread(roomLabel, rootSeq, root, replies, { hasOlder = false,
+  busy = false, streams = [] } = {}) {
+  const scroller = $("thread-scroller");
+  const wasOpen = !$("thread-panel").hidden;
+  const stick = !wasOpen
+    || scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < NEAR_BOTTOM_PX;
+  $("thread-panel").hidden = false;
+  $("thread-panel").dataset.root = String(rootSeq);
+  document.body.classList.add("thread-open");
+  $("thread-title").textContent = `Thread in ${roomLabel}`;
+  // An edit in progress stays open (as in updateMessage): its form moves to the new node.
+  const before = threadShown;
+  let refocus = null;
+  threadShown = new Map();
+  const threadElement = (message) => {
+    const node = messageElement(message, { inThread: true });
+    if (carryEditor(before.get(message.seq), node, message)) refocus = node;
+    threadShown.set(message.seq, node);
+    return node;
+  };
+  const rootNode = root ? threadElement(root)
+    : el("li", { className: "msg muted", text: "The thread's first message is not loaded." });
+  $("thread-root").replaceChildren(rootNode);
+  $("thread-list").replaceChildren(...[...replies].map(threadElement));
+  $("thread-streams").replaceChildren(...streams.map(streamElement));
+  if (refocus) focusEditor(refocus);
+  const older = $("thread-older");
+  older.hidden = !hasOlder;
+  older.disabled = busy;
+  older.textContent = busy ? "Loading…" : "Load older replies";
+  scroller.setAttribute("aria-busy", String(busy));
+  $("thread-input").setAttribute("aria-label", `Reply in the thread (${roomLabel})`);
+  if (stick) scroller.scrollTop = scroller.scrollHeight;
+}
+
+export function closeThread() {
+  $("thread-panel").hidden = true;
+  delete $("thread-panel").dataset.root;
+  document.body.classList.remove("thread-open");
+  threadShown = new Map();
+  $("thread-root").replaceChildren();
+  $("thread-list").replaceChildren();
+  $("thread-streams").replaceChildren();
+}
+
 // -- streams and typing ----------------------------------------------------------------------
 
+/** The open room's streams in progress; a thread's reply streams only in its open panel. */
 export function renderStreams(room) {
-  const items = room ? [...room.streams.values()].map(streamElement) : [];
+  const items = room ? [...room.streams.values()].filter(isTopLevel).map(streamElement) : [];
   $("stream-list").replaceChildren(...items);
 }
 
-export function addStream(stream) {
-  const stick = nearBottom();
-  $("stream-list").append(streamElement(stream));
-  if (stick) scrollToBottom();
+/** Where a stream shows: the room's timeline, its thread's open panel, or nowhere. */
+function streamPlace(stream) {
+  if (stream.thread == null) return { list: $("stream-list"), scroller: $("message-scroller") };
+  if ($("thread-panel").dataset.root !== String(stream.thread)) return null;
+  return { list: $("thread-streams"), scroller: $("thread-scroller") };
 }
 
 export function updateStream(stream) {
+  const place = streamPlace(stream);
+  if (!place) return;
+  const { scroller } = place;
+  const stick = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight
+    < NEAR_BOTTOM_PX;
   const node = streamNode(stream.id);
-  if (!node) return addStream(stream);
-  const stick = nearBottom();
-  node.querySelector(".stream-text").textContent = stream.text;
-  if (stick) scrollToBottom();
+  if (node) node.querySelector(".stream-text").textContent = stream.text;
+  else place.list.append(streamElement(stream));
+  if (stick) scroller.scrollTop = scroller.scrollHeight;
 }
 
 export function removeStream(id) {
@@ -319,7 +583,9 @@ export function removeStream(id) {
 }
 
 function streamNode(id) {
-  for (const node of $("stream-list").children) if (node.dataset.stream === id) return node;
+  for (const list of [$("stream-list"), $("thread-streams")]) {
+    for (const node of list.children) if (node.dataset.stream === id) return node;
+  }
   return null;
 }
 

@@ -69,6 +69,14 @@ class ChatServer:
                 assert reply.status < 300, f"{method} {path}: {reply.status} {data}"
                 return data
 
+    async def new_user(self, prefix: str) -> str:
+        """A user no other test uses (their unread counts and title are theirs alone)."""
+        name = f"{prefix}{uuid.uuid4().hex[:8]}"
+        password = f"{name}-password-1"
+        self.tokens[name] = await asyncio.to_thread(self.daemon.add_user, name, password)
+        self.passwords[name] = password
+        return name
+
     async def create_room(self, user: str, name: str, *, private: bool = False,
                           members: tuple[str, ...] = ()) -> None:
         await self.call(user, "POST", "/api/rooms", {"name": name, "private": private})
