@@ -56,6 +56,14 @@ export function roomMessages(room, { before, after, limit = 50, thread } = {}) {
   return call("GET", `/api/rooms/${encodeURIComponent(room)}/messages?${query}`);
 }
 
+/** A page of search results: {results: [{room, seq, thread, user, ts, snippet}], next}. */
+export function searchMessages(q, { room, before, limit = 20 } = {}) {
+  const query = new URLSearchParams({ q, limit: String(limit) });
+  if (room) query.set("room", room);
+  if (before) query.set("before", before);
+  return call("GET", `/api/search?${query}`);
+}
+
 /** Upload a file as a message (multipart; the browser sets the boundary): the message. */
 export async function uploadFile(room, file, { text = "", thread = null } = {}) {
   const form = new FormData();

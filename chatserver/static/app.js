@@ -3,6 +3,7 @@
 
 import * as api from "./api.js";
 import { ChatConnection } from "./connection.js";
+import { bindSearch, closeSearch } from "./search.js";
 import { ChatState, TYPING_SHOW_MS } from "./state.js";
 import * as view from "./view.js";
 
@@ -25,6 +26,8 @@ const ANNOUNCE_EVERY_MS = 1_500;
 // While the page is hidden, animation frames stop: render (unread counts, title) on a timer.
 const HIDDEN_RENDER_MS = 500;
 const UNKNOWN_ROOM = "That room does not exist or is not visible to you.";
+// Opening a search result loads older history until its message is there, at most this much.
+const SEARCH_HISTORY_PAGES = 10;
 
 const $ = (id) => document.getElementById(id);
 const utf8 = new TextEncoder();
@@ -53,6 +56,7 @@ let announceTimer = null;
 async function boot() {
   bindForms();
   bindChat();
+  bindSearch({ open: openSearchResult });
   view.bindScrolling();
   try {
     await enterChat(await api.me());
@@ -100,6 +104,7 @@ function roomFromHash() {
 }
 
 function leaveChat(message = "") {
+  closeSearch();
   conn?.stop();
   conn = null;
   clearInterval(roomsTimer);
@@ -423,8 +428,34 @@ function sendRead(room) {
 
 // -- threads ---------------------------------------------------------------------------------
 
+/**
+ * Show a search result's message: its room, and its thread for a reply; older history is
+ * loaded (up to SEARCH_HISTORY_PAGES pages) until the message is there.
+ */
+async function openSearchResult(result) {
+  const room = state?.rooms.get(result.room);
+  if (!room) return view.showNotice(UNKNOWN_ROOM);
+  if (state.openRoom !== room.name) await openRoom(room.name);
+  if (result.thread != null) {
+    closeSearch(); // the thread takes the side panel
+    await openThread(room, result.thread);
+    if (!view.revealMessage(result.seq, { inThread: true })) {
+      view.showNotice("That reply is older than the replies loaded; use Load older replies.");
+    }
+    return;
+  }
+  for (let page = 0; !room.messages.bySeq.has(result.seq) && page < SEARCH_HISTORY_PAGES;
+    page += 1) {
+    if (!room.hasOlder || !(await loadOlder(room))) break;
+  }
+  if (!view.revealMessage(result.seq)) {
+    view.showNotice("That message is too far back to show here; scroll up to load it.");
+  }
+}
+
 /** Show a thread beside the room: the replies held (live ones join), then its history. */
 async function openThread(room, root) {
+  closeSearch();
   if (thread && (thread.room !== room.name || thread.root !== root)) closeThread();
   if (!thread) thread = { room: room.name, root, more: false, loading: false };
   state.openThread(room, root);

@@ -239,6 +239,16 @@ export function insertMessages(room, messages, { older = false } = {}) {
   }
 }
 
+/** Scroll a shown message into view and mark it for a moment; false when it is not shown. */
+export function revealMessage(seq, { inThread = false } = {}) {
+  const node = inThread ? threadNode(seq) : shown.get(seq);
+  if (!node) return false;
+  node.scrollIntoView({ block: "center" });
+  node.classList.add("highlight");
+  setTimeout(() => node.classList.remove("highlight"), 2_000);
+  return true;
+}
+
 /** Drop the open room's oldest nodes (the state already dropped those messages). */
 export function forgetOldest(room) {
   for (const [seq, node] of shown) {
