@@ -382,15 +382,19 @@ function sendFrom(input, room, root) {
   });
 }
 
+/** A file chosen in the room's composer, or in the thread's (a reply there). */
 async function onFileChosen(event) {
   const input = event.currentTarget;
   const file = input.files?.[0];
-  const room = state?.openRoom;
+  const inThread = input.id === "thread-file";
+  const room = inThread ? thread?.room : state?.openRoom;
+  const root = inThread ? thread?.root : null;
   input.value = ""; // choosing the same file again fires `change` again
   if (!file || !room) return;
   view.showNotice(`Uploading ${file.name}…`, "info");
   try {
-    await api.uploadFile(room, file); // the message arrives over the socket like any other
+    // The message arrives over the socket like any other.
+    await api.uploadFile(room, file, { thread: root });
     view.showNotice(`Uploaded ${file.name}.`, "info");
   } catch (error) {
     view.showNotice(`Could not upload ${file.name}: ${error.message}`);
@@ -426,7 +430,7 @@ function sendRead(room) {
   conn.read(room.name, room.readSeq).catch(() => {});
 }
 
-// -- threads ---------------------------------------------------------------------------------
+// -- search results --------------------------------------------------------------------------
 
 /**
  * Show a search result's message: its room, and its thread for a reply; older history is
@@ -452,6 +456,8 @@ async function openSearchResult(result) {
     view.showNotice("That message is too far back to show here; scroll up to load it.");
   }
 }
+
+// -- threads ---------------------------------------------------------------------------------
 
 /** Show a thread beside the room: the replies held (live ones join), then its history. */
 async function openThread(room, root) {
@@ -782,6 +788,7 @@ function bindForms() {
   $("composer-input").addEventListener("keydown", onComposerKey);
   $("composer-input").addEventListener("input", onComposerInput);
   $("composer-file").addEventListener("change", onFileChosen);
+  $("thread-file").addEventListener("change", onFileChosen);
   $("thread-composer").addEventListener("submit", onThreadSend);
   $("thread-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {

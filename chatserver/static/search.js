@@ -87,17 +87,20 @@ function resultItem(result, index) {
   ])]);
 }
 
+// The server escapes a snippet's text with Python's html.escape(quote=False): &, < and > only.
+const ENTITIES = { "&amp;": "&", "&lt;": "<", "&gt;": ">" };
+
 /**
- * The snippet is the server's escaped text with the matches in <mark>. It is parsed inert
- * (DOMParser runs no script and loads nothing) and rebuilt from its text and <mark>s only, so
- * the page's one innerHTML (messages' sanitised html) stays the only one.
+ * The snippet is the server's escaped text with the matches in <mark>. It is split on the
+ * marks and unescaped into text nodes (a "<mark>" typed in a message arrives escaped, so
+ * cannot split it): no HTML is parsed, and messages' sanitised html stays the page's only
+ * HTML insertion.
  */
 function snippetElement(snippet) {
-  const parsed = new DOMParser().parseFromString(String(snippet ?? ""), "text/html").body;
   const node = el("span", { className: "search-snippet" });
-  for (const child of parsed.childNodes) {
-    if (child.nodeName === "MARK") node.append(el("mark", { text: child.textContent }));
-    else node.append(child.textContent ?? "");
-  }
+  String(snippet ?? "").split(/<mark>|<\/mark>/).forEach((part, index) => {
+    const text = part.replace(/&(?:amp|lt|gt);/g, (entity) => ENTITIES[entity]);
+    node.append(index % 2 === 1 ? el("mark", { text }) : text);
+  });
   return node;
 }

@@ -2,6 +2,8 @@
 // as textContent (through `el`). The single exception is a message's `html` field, which the
 // server rendered from Markdown and sanitised with an allow-list (see `messageBody`).
 
+import { mentions } from "./state.js";
+
 const $ = (id) => document.getElementById(id);
 const NEAR_BOTTOM_PX = 80;
 const NOTICE_MS = 8_000;
@@ -328,7 +330,9 @@ function messageElement(message, { inThread = false } = {}) {
   ]);
   const classes = ["msg"];
   if (message.deleted) classes.push("deleted");
-  else if (message.user !== viewer.name && mentionsViewer(message)) classes.push("mentions-me");
+  else if (message.user !== viewer.name && mentions(message, viewer.name)) {
+    classes.push("mentions-me");
+  }
   return el("li", { className: classes.join(" "), dataset: { seq: String(message.seq) } }, [
     meta,
     messageBody(message),
@@ -337,10 +341,6 @@ function messageElement(message, { inThread = false } = {}) {
     inThread ? null : threadSummary(message),
     message.deleted ? null : actionsElement(message, inThread),
   ]);
-}
-
-function mentionsViewer(message) {
-  return Boolean(message.mentions_room) || (message.mentions ?? []).includes(viewer.name);
 }
 
 function editedElement(ts) {

@@ -379,7 +379,8 @@ def png(width: int = 64, height: int = 48) -> bytes:
 async def test_an_uploaded_image_shows_for_everyone(browser: Any,
                                                     chat_server: ChatServer) -> None:
     """alice attaches a PNG through the composer; both pages show it as a message with a
-    thumbnail (served by the server, and loaded) and a link with the file's name."""
+    thumbnail (served by the server, and loaded) and a link with the file's name. bob attaches
+    a file in a thread: it is a reply there, not in the timeline."""
     room = room_name("files")
     await chat_server.create_room("alice", room, members=("bob",))
     alice = await open_chat(browser, chat_server, "alice", room=room)
@@ -400,6 +401,23 @@ async def test_an_uploaded_image_shows_for_everyone(browser: Any,
             assert await thumbnail.evaluate("(img) => img.naturalWidth") > 0
             await expect(chat.page.locator(f"{MESSAGES} .msg-user")).to_have_text(["alice"])
         await expect(alice.page.locator("#notice")).to_have_text("Uploaded chart.png.")
+
+        # A file attached in a thread is a reply: in the panel, counted on the root.
+        await bob.send("the numbers?")
+        question = bob.page.locator(MESSAGES, has_text="the numbers?")
+        await question.hover()
+        await question.get_by_role("button", name="Reply in thread").click()
+        await expect(bob.page.locator("#thread-scroller")).to_have_attribute("aria-busy",
+                                                                             "false")
+        await bob.page.locator("#thread-file").set_input_files(
+            {"name": "numbers.bin", "mimeType": "application/octet-stream",
+             "buffer": b"\x00\x01 not an image"})
+        reply_file = bob.page.locator("#thread-list li.msg .msg-file")
+        await expect(reply_file.get_by_role("link", name="📎 numbers.bin")).to_be_visible()
+        await expect(reply_file.locator("img")).to_have_count(0)
+        await expect(alice.page.locator(MESSAGES, has_text="the numbers?").locator(
+            ".thread-summary")).to_have_text("1 reply")
+        await expect(alice.page.locator(f"{MESSAGES} .msg-file")).to_have_count(1)
 
         alice.check_no_errors()
         bob.check_no_errors()

@@ -14,14 +14,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.system.daemon import Daemon, bearer
+from tests.system.daemon import OVERLOADED_RETRY_S, Daemon, bearer
 
 CHROMIUM = os.environ.get("CHATSERVER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_INSTALL = "apt-get install -y --no-install-recommends chromium"
 DESKTOP = {"width": 1100, "height": 760}
 PHONE = {"width": 390, "height": 760}
 MESSAGES = "#message-list li.msg"
-OVERLOADED_RETRY_S = 15.0
 
 
 def chromium_missing() -> str | None:
