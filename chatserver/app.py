@@ -27,6 +27,7 @@ from chatserver.metrics import Metrics, metrics_handler
 from chatserver.overload import OverloadGuard
 from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
+from chatserver.session import Connections
 from chatserver.stallwatch import StallWatch
 from chatserver.store.base import Store
 from chatserver.streams import Streams
@@ -131,7 +132,8 @@ def _running_instance(
 def build_context(config: Config, instance_id: str, store: Store, broker: Broker,
                   executors: Executors) -> ChatContext:
     limits = config.limits
-    hub = Hub(store, broker, replay_max=limits.replay_max)
+    connections = Connections()
+    hub = Hub(store, broker, replay_max=limits.replay_max, connections=connections)
     messages = MessageService(store, broker, executors)
     streams = Streams(broker, messages, idle_seconds=limits.stream_idle,
                       max_bytes=limits.max_message_bytes)
@@ -150,7 +152,7 @@ def build_context(config: Config, instance_id: str, store: Store, broker: Broker
     ctx = ChatContext(
         config=config, instance_id=instance_id, store=store, broker=broker,
         executors=executors, hub=hub, rooms=Rooms(store), messages=messages, streams=streams,
-        metrics=metrics, overload=overload,
+        metrics=metrics, overload=overload, connections=connections,
         lag=LoopLagMonitor(observe=on_lag_sample,
                            stall_watch=StallWatch(config.log.slow_callback_ms / 1000)),
         send_limiter=KeyedLimiter(limits.rate.per_second, limits.rate.burst),

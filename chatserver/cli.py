@@ -244,6 +244,8 @@ async def _user_disable(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+# Rooms and members the CLI makes are not announced (`room_added`, docs/protocol.md §11):
+# this process has no broker to reach the server's connections.
 async def _room_create(store: Store, args: argparse.Namespace) -> int:
     room = await Rooms(store).create(args.name, args.private, None)
     print(f"created {room.kind} room {room.name}", file=sys.stderr)
@@ -251,7 +253,7 @@ async def _room_create(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _room_add_member(store: Store, args: argparse.Namespace) -> int:
-    room, user = await Rooms(store).add_member(args.room, None, args.user)
+    room, user, _added = await Rooms(store).add_member(args.room, None, args.user)
     print(f"added {user.name} to {room.name}", file=sys.stderr)
     return 0
 

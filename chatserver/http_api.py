@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatserver import auth, files_api, hooks, protocol, reads, search_api, threads
+from chatserver import auth, files_api, hooks, protocol, reads, room_announce, search_api, threads
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
 from chatserver.errors import (
@@ -107,15 +107,6 @@ def user_body(user: User) -> dict[str, Any]:
     return {"name": user.name, "admin": user.is_admin, "bot": user.is_bot}
 
 
-def room_body(listing: RoomListing) -> dict[str, Any]:
-    room = listing.room
-    body: dict[str, Any] = {"name": room.name, "kind": room.kind, "private": room.private,
-                            "member": listing.member, "seq": listing.last_seq}
-    if room.kind == "direct":
-        body["members"] = list(listing.members)
-    return body
-
-
 async def login(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     body = await _body(request)
@@ -147,7 +138,8 @@ async def list_rooms(request: web.Request) -> web.StreamResponse:
     # Read positions and unread counts (§10): one more query for all the rooms.
     states = await _ctx(request).store.read_states(info.user.id)
     # retention_days only here, where the listing read it (create and direct answers do not).
-    return json_response({"rooms": [{**room_body(r), "retention_days": r.retention_days,
+    return json_response({"rooms": [{**protocol.room_body(r),
+                                     "retention_days": r.retention_days,
                                      **reads.listing_fields(r, states)}
                                     for r in listings]})
 
@@ -158,15 +150,20 @@ async def create_room(request: web.Request) -> web.StreamResponse:
     private = body.get("private", False)
     if not isinstance(private, bool):
         raise BadRequest("'private' must be true or false")
-    room = await _ctx(request).rooms.create(_string(body, "name"), private, info.user)
-    return json_response(room_body(RoomListing(room, True, 0)), 201)
+    ctx = _ctx(request)
+    room = await ctx.rooms.create(_string(body, "name"), private, info.user)
+    room_announce.room_created(ctx, room, info.user)
+    return json_response(protocol.room_body(RoomListing(room, True, 0)), 201)
 
 
 async def add_member(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     body = await _body(request)
-    room, user = await _ctx(request).rooms.add_member(
+    ctx = _ctx(request)
+    room, user, added = await ctx.rooms.add_member(
         request.match_info["room"], info.user, _string(body, "user"))
+    if added:
+        await room_announce.member_added(ctx, room, user)
     return json_response({"room": room.name, "user": user.name}, 201)
 
 
@@ -174,9 +171,11 @@ async def direct(request: web.Request) -> web.StreamResponse:
     info = await _who(request)
     body = await _body(request)
     ctx = _ctx(request)
-    room = await ctx.rooms.direct(info.user, _string(body, "user"))
+    room, created = await ctx.rooms.direct(info.user, _string(body, "user"))
     members = tuple(await ctx.store.member_names(room.id))
-    return json_response(room_body(RoomListing(room, True, 0, members)))
+    if created:
+        room_announce.direct_opened(ctx, room, members)
+    return json_response(protocol.room_body(RoomListing(room, True, 0, members)))
 
 
 def _query_int(request: web.Request, key: str, default: int | None, low: int, high: int

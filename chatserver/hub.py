@@ -12,6 +12,9 @@ stored history, in order, with nothing missing, extra or doubled:
 - a live event whose seq skips ahead (the broker lost one) suspends the subscription and
   re-reads the gap from the store before going live again;
 - an event at or below the last delivered seq is a duplicate and is dropped.
+
+`rooms` events (chatserver.room_announce) are for users, not a room: they go to the users'
+open connections (`Connections.of_user`), whatever those joined.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from chatserver import protocol, room_events, wsframe
 from chatserver.broker.base import Broker, Event
 from chatserver.outbox import Outbox
+from chatserver.session import Connections
 from chatserver.store.base import LogEntry, Room, Store
 
 log = logging.getLogger(__name__)
@@ -60,10 +64,12 @@ StreamWatcher = Callable[[Event], None]
 
 
 class Hub:
-    def __init__(self, store: Store, broker: Broker, *, replay_max: int) -> None:
+    def __init__(self, store: Store, broker: Broker, *, replay_max: int,
+                 connections: Connections) -> None:
         self.store = store
         self.broker = broker
         self.replay_max = replay_max
+        self.connections = connections  # for events to users rather than rooms
         self._rooms: dict[str, dict[str, Subscription]] = {}
         self._active_streams: ActiveStreams = lambda room: []
         self._watch_streams: StreamWatcher = lambda event: None
@@ -76,7 +82,7 @@ class Hub:
         # per-recipient loops only count in a local variable (or `live_messages`, one
         # increment per recipient as before).
         self.live_messages = 0  # `message` frames fan-out queued
-        self.other_deliveries = 0  # stream, typing and presence frames fan-out queued
+        self.other_deliveries = 0  # stream, typing, presence, read, room_added frames queued
         self.resyncs = 0
         self.joins = 0  # joins that went live
         self.replayed = 0  # messages replayed to joins
@@ -90,7 +96,8 @@ class Hub:
 
     @property
     def deliveries(self) -> int:
-        """Frames fan-out queued to connections: messages, stream events, typing, presence."""
+        """Frames fan-out queued to connections: messages, stream events, typing, presence,
+        read positions, room announcements."""
         return self.live_messages + self.other_deliveries
 
     def set_streams(self, provider: ActiveStreams, watcher: StreamWatcher) -> None:
@@ -116,6 +123,10 @@ class Hub:
             return
         subs = self._rooms.get(event.room)
         if not subs:
+            # A `rooms` event has no room (""), so it always lands here: checked here, it
+            # costs the hot path (a room with subscribers) nothing.
+            if event.kind == "rooms":
+                self._deliver_to_users(event)
             return
         frame = wsframe.text_frame(event.frame)  # once, for every recipient
         if event.kind == "message":
@@ -213,6 +224,21 @@ class Hub:
                 count += 1
         self.other_deliveries += count
         self.frames_out["read"] += count
+
+    def _deliver_to_users(self, event: Event) -> None:
+        """A `rooms` event (a room announced, chatserver.room_announce): to every open
+        connection of `event.users`, or with none named, of every user but `event.user`.
+        Never shed: it goes through each outbox like a message."""
+        frame = wsframe.text_frame(event.frame)
+        connections = self.connections
+        if event.users:
+            sessions = [s for user in event.users for s in connections.of_user(user)]
+        else:
+            sessions = [s for s in connections if s.user.name != event.user]
+        for session in sessions:
+            session.outbox.enqueue_frame(frame)
+        self.other_deliveries += len(sessions)
+        self.frames_out["room_added"] += len(sessions)
 
     # -- joining and leaving -----------------------------------------------------------------
 

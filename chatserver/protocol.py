@@ -17,7 +17,7 @@ import orjson
 
 from chatserver import event_commands
 from chatserver.errors import BadRequest, ChatError, TooLarge, UnknownOp
-from chatserver.store.base import StoredFile, StoredMessage
+from chatserver.store.base import RoomListing, StoredFile, StoredMessage
 
 ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Lower case only, so "Alice" and "alice" can never be two people; login lower-cases input.
@@ -300,6 +300,17 @@ def file_body(file: StoredFile) -> dict[str, Any]:
     }
     if file.thumbnail == "ready":
         body["thumbnail_url"] = f"/api/files/{file.id}/thumbnail"
+    return body
+
+
+def room_body(listing: RoomListing) -> dict[str, Any]:
+    """A room as one user sees it: the body of POST /api/rooms and /api/direct, the base of
+    each GET /api/rooms item, and the `room` of a `room_added` frame."""
+    room = listing.room
+    body: dict[str, Any] = {"name": room.name, "kind": room.kind, "private": room.private,
+                            "member": listing.member, "seq": listing.last_seq}
+    if room.kind == "direct":
+        body["members"] = list(listing.members)
     return body
 
 

@@ -73,9 +73,11 @@ class Rooms:
             self._remember_member((room.id, creator.id))
         return room
 
-    async def add_member(self, name: str, actor: User | None, username: str) -> tuple[Room, User]:
-        """Add `username` to the room. Private rooms: members or admins may add; `actor`
-        None means the admin CLI. Direct rooms never take a third member."""
+    async def add_member(self, name: str, actor: User | None, username: str
+                         ) -> tuple[Room, User, bool]:
+        """Add `username` to the room; the flag: whether they were not a member before.
+        Private rooms: members or admins may add; `actor` None means the admin CLI. Direct
+        rooms never take a third member."""
         room = await self.get(name)
         if room.kind == "direct":
             raise Forbidden("direct rooms have exactly two members")
@@ -85,19 +87,20 @@ class Rooms:
         target = await self.store.get_user(username)
         if target is None:
             raise NotFound(f"no user named {username!r}")
-        await self.store.add_member(room.id, target.id)
+        added = await self.store.add_member(room.id, target.id)
         self._remember_member((room.id, target.id))
-        return room, target
+        return room, target, added
 
-    async def direct(self, actor: User, username: str) -> Room:
+    async def direct(self, actor: User, username: str) -> tuple[Room, bool]:
+        """The direct room of `actor` and `username`, and whether this call created it."""
         other = await self.store.get_user(username)
         if other is None or other.disabled:
             raise NotFound(f"no user named {username!r}")
         if other.id == actor.id:
             raise BadRequest("a direct room needs another user")
-        room = await self.store.direct_room(actor, other)
+        room, created = await self.store.direct_room(actor, other)
         self._remember_room(room)
-        return room
+        return room, created
 
     async def visible(self, user: User) -> list[RoomListing]:
         return await self.store.rooms_visible_to(user.id)

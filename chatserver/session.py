@@ -72,12 +72,13 @@ class OutboxTotals:
 
 
 class Connections:
-    """Open connections by id and by the token that authenticated them, and what /metrics
-    counts about connections (once per connection, never per frame)."""
+    """Open connections by id, by the token that authenticated them and by user name, and
+    what /metrics counts about connections (once per connection, never per frame)."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
         self._by_token: dict[str, set[str]] = {}
+        self._by_user: dict[str, dict[str, Session]] = {}  # user name -> conn id -> session
         self._per_user: dict[int, int] = {}
         self.opened = 0
         self.cleaning_up = 0  # removed, and still flushing, closing or announcing presence
@@ -97,6 +98,7 @@ class Connections:
         self.opened += 1
         self._by_id[session.conn_id] = session
         self._by_token.setdefault(session.token_hash, set()).add(session.conn_id)
+        self._by_user.setdefault(session.user.name, {})[session.conn_id] = session
         self._per_user[session.user.id] = self._per_user.get(session.user.id, 0) + 1
 
     def count_of_user(self, user_id: int) -> int:
@@ -114,9 +116,19 @@ class Connections:
             ids.discard(session.conn_id)
             if not ids:
                 del self._by_token[session.token_hash]
+        of_user = self._by_user.get(session.user.name)
+        if of_user is not None and of_user.get(session.conn_id) is session:
+            del of_user[session.conn_id]
+            if not of_user:
+                del self._by_user[session.user.name]
 
     def with_token(self, token_hash: str) -> list[Session]:
         return [self._by_id[i] for i in self._by_token.get(token_hash, ()) if i in self._by_id]
+
+    def of_user(self, name: str) -> list[Session]:
+        """The user's open connections on this instance (a snapshot; one lookup)."""
+        of_user = self._by_user.get(name)
+        return list(of_user.values()) if of_user else []
 
     def queued_bytes(self) -> list[int]:
         return [s.outbox.queued_bytes for s in self._by_id.values()]

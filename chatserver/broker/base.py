@@ -15,7 +15,9 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
 - Events of one room published from one instance reach every subscribed instance in publish
   order.
 - The handler set with `set_handler` is called on the event loop, once per event, only for
-  rooms this instance subscribed to (or for presence events naming such a room).
+  rooms this instance subscribed to (or for presence events naming such a room), except
+  `rooms` events, which are for users rather than a room: every instance's handler gets
+  each one, subscribed or not, because any instance may hold those users' connections.
 - After the broker lost events it could not deliver (its connection dropped and came back),
   it calls the callback set with `set_resync`, once it is receiving again: the hub then
   re-reads every live room from the store, so quiet rooms recover too.
@@ -40,7 +42,9 @@ LOCAL_DELIVERY_MAX = 0.005
 
 # "read": a user's read position moved (chatserver.reads); delivered only to that user's
 # subscriptions of the room, never stored in the room's log, no seq.
-EventKind = Literal["message", "typing", "stream", "presence", "read"]
+# "rooms": a room was added for some users (chatserver.room_announce); delivered to those
+# users' connections whatever they joined, never stored, no seq, no room.
+EventKind = Literal["message", "typing", "stream", "presence", "read", "rooms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class Event:
     # queued one is superseded by the next). Empty: the frame must be delivered as it is.
     # A `read` event's is the connection that moved the position, which the hub skips.
     key: str = ""
+    # `rooms` events: the users whose connections get the frame; empty: every connected
+    # user's but `user`'s (a public room, announced to everyone but its creator).
+    users: tuple[str, ...] = ()
     # `time.monotonic()` when this instance received what caused the event (a client's
     # `send`), for the delivery-latency histogram; 0 when unknown. Never sent to other
     # instances: their clocks are not this one's.

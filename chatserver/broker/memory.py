@@ -38,7 +38,7 @@ class MemoryBroker(Broker):
         if event.kind == "presence":
             if any(room in self._rooms for room in event.rooms):
                 handler(event)
-        elif event.room in self._rooms:
+        elif event.room in self._rooms or event.kind == "rooms":
             handler(event)
 
     async def connection_opened(self, user: str, conn_id: str) -> bool:

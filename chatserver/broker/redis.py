@@ -14,8 +14,9 @@ Delivery follows `chatserver.broker.base`. How this backend provides it:
   other instances re-read their rooms from the store; after Redis was unreachable it also
   calls this instance's resync.
 - One PubSub connection, read by one listener task, carries every subscribed room channel
-  and the presence channel (wire format: `chatserver.broker.redis_wire`). Events whose origin
-  is this instance are skipped: local subscribers already had them.
+  and the instance-wide presence channel, which also carries `rooms` events (wire format:
+  `chatserver.broker.redis_wire`). Events whose origin is this instance are skipped: local
+  subscribers already had them.
 - redis-py does not resubscribe a PubSub after Redis restarts, so the listener does: on any
   connection error it backs off (0.1 s doubling to 2 s, with jitter), reconnects,
   subscribes to the presence channel and every room wanted now, and once Redis has confirmed
@@ -243,6 +244,8 @@ class RedisBroker(Broker):
     def _wants(self, event: Event) -> bool:
         if event.kind == "presence":
             return any(room in self._rooms for room in event.rooms)
+        if event.kind == "rooms":
+            return True  # for users, not a room: any instance may hold their connections
         return event.room in self._rooms
 
     # -- publishing ------------------------------------------------------------------------------

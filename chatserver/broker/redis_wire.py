@@ -1,8 +1,10 @@
 """The Redis broker's wire format: pure functions from events to channel names and payloads.
 
-Channels: one per room, `chat:<db>:room:<name>`, and one presence/control channel,
-`chat:<db>:presence`, that every instance subscribes to. Redis pub/sub ignores the database
-number, so the names carry it: clusters using different databases of one server stay apart.
+Channels: one per room, `chat:<db>:room:<name>`, and one instance-wide channel,
+`chat:<db>:presence`, that every instance subscribes to: it carries presence events, resync
+requests and `rooms` events (a room announced to users, wherever their connections are).
+Redis pub/sub ignores the database number, so the names carry it: clusters using different
+databases of one server stay apart.
 
 Payload: one header line, then the frame bytes exactly as the publisher encoded them::
 
@@ -11,8 +13,8 @@ Payload: one header line, then the frame bytes exactly as the publisher encoded 
 The header is compact JSON (orjson never writes a raw newline), so the first b"\\n" ends it and
 everything after it is the frame, passed on unchanged: the frame is encoded once, by the
 publisher, and receivers hand the same bytes to the hub. Keys left out take their defaults
-(`s` 0, `u` "", `rs` [], `ky` ""). `rs` lists a presence event's rooms; `ky` is the event's
-back-pressure key.
+(`s` 0, `u` "", `rs` [], `ky` "", `us` []). `rs` lists a presence event's rooms; `ky` is the
+event's back-pressure key; `us` lists a `rooms` event's users.
 
 Besides events, kind `resync` (no frame) tells every other instance that the origin dropped
 events it should have published: receivers re-read their live rooms from the store.
@@ -59,8 +61,10 @@ class Channels:
         return b"chat:%d:room:%s" % (self.db, room.encode())
 
     def of(self, event: Event) -> bytes:
-        """Presence events go to every instance; the others to their room's channel."""
-        return self.presence if event.kind == "presence" else self.room(event.room)
+        """Presence and `rooms` events go to every instance; the others to their room's
+        channel."""
+        kind = event.kind
+        return self.presence if kind == "presence" or kind == "rooms" else self.room(event.room)
 
 
 def encode_event(event: Event, origin: str) -> bytes:
@@ -73,6 +77,8 @@ def encode_event(event: Event, origin: str) -> bytes:
         header["rs"] = event.rooms
     if event.key:
         header["ky"] = event.key
+    if event.users:
+        header["us"] = event.users
     return b"".join((orjson.dumps(header), b"\n", event.frame))
 
 
@@ -106,9 +112,15 @@ def decode(payload: bytes) -> Envelope:
     user = header.get("u", "")
     rooms = header.get("rs", [])
     key = header.get("ky", "")
+    users = header.get("us", [])
     if (not isinstance(room, str) or not isinstance(user, str) or not isinstance(key, str)
             or not isinstance(seq, int) or isinstance(seq, bool)
-            or not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms)):
+            or not _strings(rooms) or not _strings(users)):
         raise WireError("mistyped header field")
     return Envelope(origin, Event(kind, room, frame, seq=seq, user=user, rooms=tuple(rooms),
-                                  key=key))
+                                  key=key, users=tuple(users)))
+
+
+def _strings(value: object) -> bool:
+    """A JSON list of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)

@@ -15,7 +15,8 @@ const INITIAL_HISTORY = 500;
 // (hours of a busy room would otherwise grow the page without end); scrolling back reloads.
 const MAX_OPEN_MESSAGES = 1_000;
 const TRIM_SLACK = 200; // trim in chunks, not one node per frame
-// No frame announces a new room (someone opening a DM with us): re-read the list now and then.
+// `room_added` announces new rooms while connected; the list is still re-read now and then
+// (rooms made by the command line are not announced, and counts drift while trimmed).
 const ROOMS_REFRESH_MS = 60_000;
 const TYPING_SEND_MS = 2_000;
 const ANNOUNCE_CHARS = 200;
@@ -760,6 +761,17 @@ const FRAME_HANDLERS = {
   stream_end(frame) {
     state.endStream(frame);
     view.removeStream(frame.stream);
+  },
+  room_added(frame) {
+    // A room made visible to us just now (a DM opened with us, a room we were added to, a
+    // new public room): listed at once, and joined when we are a member, from its seq then.
+    if (typeof frame.room?.name !== "string") return;
+    const room = state.upsertRoom(frame.room);
+    if (room.member && !conn.isJoined(room.name)) {
+      joinRoom(room.name, { after: Number(frame.room.seq) || 0 }).catch(() => {});
+    }
+    roomListDirty = true;
+    scheduleRender();
   },
   read(frame) {
     // The user read the room on another device.

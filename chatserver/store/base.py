@@ -372,12 +372,13 @@ class Store(abc.ABC):
     async def get_room(self, name: str) -> Room | None: ...
 
     @abc.abstractmethod
-    async def direct_room(self, a: User, b: User) -> Room:
-        """The one direct room of these two users, created on first use (idempotent)."""
+    async def direct_room(self, a: User, b: User) -> tuple[Room, bool]:
+        """The one direct room of these two users, created on first use (idempotent), and
+        whether this call created it (exactly one of any number of concurrent calls did)."""
 
     @abc.abstractmethod
-    async def add_member(self, room_id: int, user_id: int) -> None:
-        """Idempotent."""
+    async def add_member(self, room_id: int, user_id: int) -> bool:
+        """Idempotent: True when this call made the user a member, False if they were one."""
 
     @abc.abstractmethod
     async def is_member(self, room_id: int, user_id: int) -> bool: ...

@@ -389,22 +389,24 @@ class PostgresStore(Store):
         )
         return _room(row) if row else None
 
-    async def direct_room(self, a: User, b: User) -> Room:
+    async def direct_room(self, a: User, b: User) -> tuple[Room, bool]:
         lo, hi = sorted((a.id, b.id))
         key = f"{lo}:{hi}"
         select = f"SELECT {_ROOM} FROM rooms r WHERE direct_key = $1"
         row = await self._run(lambda c: c.fetchrow(select, key))
         if row is not None:  # most calls: the room exists
-            return _room(row)
+            return _room(row), False
         # ON CONFLICT without a target covers every unique index: a racing call (or instance)
-        # inserting the same key (or name) makes this one wait for it, then do nothing.
-        await self._write(
-            lambda c: c.execute(
+        # inserting the same key (or name) makes this one wait for it, then do nothing (and
+        # return no row: only the call that created the room gets its members back).
+        created = await self._write(
+            lambda c: c.fetchval(
                 "WITH room AS ("
                 "  INSERT INTO rooms (name, kind, created_by, created_at, direct_key)"
                 "  VALUES ($1, 'direct', $2, $3, $4) ON CONFLICT DO NOTHING RETURNING id"
                 ") INSERT INTO members (room_id, user_id, joined_at)"
-                " SELECT DISTINCT room.id, u, $3 FROM room, unnest($5::bigint[]) AS u",
+                " SELECT DISTINCT room.id, u, $3 FROM room, unnest($5::bigint[]) AS u"
+                " RETURNING room_id",
                 direct_room_name(lo, hi), a.id, _now_ms(), key, [lo, hi],
             ),
             not_found="no such user",
@@ -413,17 +415,18 @@ class PostgresStore(Store):
         row = await self._run(lambda c: c.fetchrow(select, key))
         if row is None:
             raise Conflict("the direct room's name is taken by another room")
-        return _room(row)
+        return _room(row), created is not None
 
-    async def add_member(self, room_id: int, user_id: int) -> None:
-        await self._write(
-            lambda c: c.execute(
+    async def add_member(self, room_id: int, user_id: int) -> bool:
+        added = await self._write(
+            lambda c: c.fetchval(
                 "INSERT INTO members (room_id, user_id, joined_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING 1",
                 room_id, user_id, _now_ms(),
             ),
             not_found="no such room or user",
         )
+        return added is not None
 
     async def is_member(self, room_id: int, user_id: int) -> bool:
         sql = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"

@@ -367,16 +367,16 @@ class SqliteStore(Store):
         )
         return _room(row) if row else None
 
-    async def direct_room(self, a: User, b: User) -> Room:
+    async def direct_room(self, a: User, b: User) -> tuple[Room, bool]:
         lo, hi = sorted((a.id, b.id))
         key = f"{lo}:{hi}"
         select = f"SELECT {_ROOM} FROM rooms r WHERE direct_key = ?"
         # Most calls find the room: answer those from a reader without queueing a write.
         row = await self._read(lambda c: _one(c, select, (key,)))
         if row is not None:
-            return _room(row)
+            return _room(row), False
 
-        def job(conn: sqlite3.Connection) -> Room:
+        def job(conn: sqlite3.Connection) -> tuple[Room, bool]:
             now = _now_ms()
             try:
                 # ON CONFLICT (direct_key): a racing call (or process) created it first, and
@@ -397,21 +397,22 @@ class SqliteStore(Store):
                 raise _constraint_error(
                     exc, "the direct room's name is taken by another room", "no such user"
                 ) from None
-            return _room(_one(conn, select, (key,)))
+            return _room(_one(conn, select, (key,))), created is not None
 
         return await self.run_in_writer(job)
 
-    async def add_member(self, room_id: int, user_id: int) -> None:
-        def job(conn: sqlite3.Connection) -> None:
+    async def add_member(self, room_id: int, user_id: int) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
             try:
-                conn.execute(
+                cur = conn.execute(
                     "INSERT INTO members VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     (room_id, user_id, _now_ms()),
                 )
             except sqlite3.IntegrityError as exc:
                 raise _constraint_error(exc, "", "no such room or user") from None
+            return cur.rowcount > 0
 
-        await self.run_in_writer(job)
+        return await self.run_in_writer(job)
 
     async def is_member(self, room_id: int, user_id: int) -> bool:
         sql = "SELECT 1 FROM members WHERE room_id = ? AND user_id = ?"

@@ -4,6 +4,7 @@ a reload, reading on one device clears the others, and @mentions are counted apa
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,29 @@ async def test_reading_on_one_device_clears_the_badge_on_the_other(
     finally:
         await laptop.close()
         await phone.close()
+
+
+async def test_a_direct_message_appears_at_once_with_its_unread_count(
+        browser: Any, chat_server: ChatServer) -> None:
+    """bob opens a conversation with alice while her page is open: it shows in her list at
+    once (the server's `room_added`, not the minute's re-read), and his first message there
+    counts as unread."""
+    home = room_name("home")
+    alice = await chat_server.new_user("alice")
+    await chat_server.create_room(alice, home)
+    page = await open_chat(browser, chat_server, alice, room=home)
+    try:
+        direct = await chat_server.call("bob", "POST", "/api/direct", {"user": alice})
+        button = room_button(page, direct["name"])
+        await expect(button).to_have_text(re.compile(r"@bob"))
+        await chat_server.say("bob", direct["name"], f"@{alice} got a minute?")
+        await expect(button.locator(".unread")).to_have_text("1 unread")
+        await expect(button.locator(".mention-count")).to_have_text("@1 mention")
+        await expect(page.page).to_have_title("(1) chatserver")
+        await button.click()
+        await expect(page.page.locator(f"{MESSAGES} .msg-body")).to_have_text(
+            [f"@{alice} got a minute?"])
+        await expect(button.locator(".unread")).to_have_count(0)
+        page.check_no_errors()
+    finally:
+        await page.close()

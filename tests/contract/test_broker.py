@@ -64,6 +64,13 @@ def presence(user: str, status: str, rooms: tuple[str, ...]) -> Event:
     return Event("presence", "", frame, user=user, rooms=rooms, key=f"p:{user}")
 
 
+def rooms_event(users: tuple[str, ...], all_but: str = "") -> Event:
+    """A room announced to `users` (none: to everyone but `all_but`), as
+    chatserver.room_announce builds it."""
+    frame = orjson.dumps({"op": "room_added", "room": {"name": "dm-1", "kind": "direct"}})
+    return Event("rooms", "", frame, user=all_but, users=users)
+
+
 @dataclass
 class Instances:
     """Opens brokers of one backend that share one medium (one Redis), as instances would."""
@@ -152,6 +159,17 @@ async def test_presence_is_delivered_for_any_subscribed_room(instances: Instance
     broker.publish(presence("bob", "online", ("c",)))
     await asyncio.sleep(LOCAL_SETTLE)
     assert [e.user for e in seen.events] == ["alice"]
+
+
+async def test_rooms_events_are_delivered_without_any_subscription(
+        instances: Instances) -> None:
+    """A `rooms` event (for users, not a room) reaches the publishing instance's handler
+    although it subscribed to no room."""
+    broker, seen = await instances.open()
+    event = rooms_event(("alice", "bob"))
+    broker.publish(event)
+    await asyncio.sleep(LOCAL_SETTLE)
+    assert seen.events == [event]
 
 
 async def test_local_events_keep_publish_order(instances: Instances) -> None:
@@ -334,6 +352,19 @@ async def test_event_fields_survive_the_network(instances: Instances) -> None:
     for event in sent:
         a.publish(event)
     await eventually(lambda: len(seen_b.events) >= len(sent), what="events at b")
+    assert seen_b.events == sent
+
+
+async def test_rooms_events_reach_every_other_instance(instances: Instances) -> None:
+    """A `rooms` event reaches another instance that subscribed to no room, its users (or
+    the user left out) intact."""
+    instances.require_several()
+    a, _ = await instances.open("a")
+    b, seen_b = await instances.open("b")
+    sent = [rooms_event(("alice", "bob")), rooms_event((), all_but="carol")]
+    for event in sent:
+        a.publish(event)
+    await eventually(lambda: len(seen_b.events) >= len(sent), what="rooms events at b")
     assert seen_b.events == sent
 
 

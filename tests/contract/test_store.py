@@ -206,13 +206,15 @@ async def test_duplicate_room_name_is_a_conflict(store: Store) -> None:
 
 
 async def test_membership_is_idempotent_and_listed_by_name(store: Store) -> None:
-    """add_member twice adds once; member_names and rooms_of_user are sorted by name."""
+    """add_member twice adds once (True the first time only); member_names and rooms_of_user
+    are sorted by name."""
     alice, bob, carol = [await user(store, n) for n in ("alice", "bob", "carol")]
     zoo = await store.create_room("zoo", "private", carol.id)
     art = await store.create_room("art", "public", None)
-    for room in (zoo, art, zoo):
-        await store.add_member(room.id, bob.id)
-    await store.add_member(zoo.id, alice.id)
+    assert [await store.add_member(room.id, bob.id) for room in (zoo, art, zoo)] == [
+        True, True, False]
+    assert await store.add_member(zoo.id, alice.id) is True
+    assert await store.add_member(zoo.id, carol.id) is False  # the creator is one already
     assert await store.member_names(zoo.id) == ["alice", "bob", "carol"]
     assert await store.rooms_of_user(bob.id) == ["art", "zoo"]
     assert await store.is_member(zoo.id, bob.id)
@@ -230,14 +232,16 @@ async def test_add_member_of_unknown_room_or_user_is_not_found(store: Store) -> 
 
 
 async def test_direct_room_is_one_private_room_per_pair(store: Store) -> None:
-    """direct_room(a, b) == direct_room(b, a): kind direct, a valid name, exactly both members."""
+    """direct_room(a, b) == direct_room(b, a): kind direct, a valid name, exactly both members;
+    only the first call says it created the room."""
     alice, bob, carol = [await user(store, n) for n in ("alice", "bob", "carol")]
-    room = await store.direct_room(alice, bob)
+    room, created = await store.direct_room(alice, bob)
     assert room.kind == "direct" and room.private and ROOM_NAME.match(room.name)
-    assert await store.direct_room(bob, alice) == room
+    assert created is True
+    assert await store.direct_room(bob, alice) == (room, False)
     assert await store.member_names(room.id) == ["alice", "bob"]
-    other = await store.direct_room(alice, carol)
-    assert other.id != room.id and other.name != room.name
+    other, created = await store.direct_room(alice, carol)
+    assert other.id != room.id and other.name != room.name and created is True
 
 
 async def test_direct_room_with_unknown_user_is_not_found_and_leaves_nothing(
@@ -253,12 +257,15 @@ async def test_direct_room_with_unknown_user_is_not_found_and_leaves_nothing(
 
 
 async def test_direct_room_is_idempotent_under_concurrency(store: Store) -> None:
-    """Twenty concurrent direct_room calls for one pair, in both orders, create one room."""
+    """Twenty concurrent direct_room calls for one pair, in both orders, create one room, and
+    exactly one of them says it created it."""
     alice, bob = await user(store, "alice"), await user(store, "bob")
-    rooms = await asyncio.gather(
+    answers = await asyncio.gather(
         *(store.direct_room(*((alice, bob) if i % 2 else (bob, alice))) for i in range(20))
     )
+    rooms = [room for room, _ in answers]
     assert len(set(rooms)) == 1
+    assert sum(created for _, created in answers) == 1
     assert await store.member_names(rooms[0].id) == ["alice", "bob"]
     assert await store.rooms_of_user(alice.id) == [rooms[0].name]
 
@@ -269,7 +276,7 @@ async def test_rooms_visible_to_hides_private_rooms_of_others(store: Store) -> N
     general = await store.create_room("general", "public", bob.id)
     await store.create_room("bobs-secret", "private", bob.id)
     mine = await store.create_room("alices-secret", "private", alice.id)
-    dm = await store.direct_room(alice, carol)
+    dm, _ = await store.direct_room(alice, carol)
     await store.direct_room(bob, carol)
     await store.append_message(new(general, bob, "hello"))
 
@@ -465,7 +472,7 @@ async def test_reopened_store_has_everything_and_continues_seqs(make_store: Stor
     await first.add_token(alice.id, "h", "api")
     room = await first.create_room("secret", "private", alice.id)
     await first.add_member(room.id, bob.id)
-    dm = await first.direct_room(alice, bob)
+    dm, _ = await first.direct_room(alice, bob)
     stored = [await first.append_message(new(room, bob, f"m{i}")) for i in range(5)]
     await first.close()
 
@@ -476,7 +483,7 @@ async def test_reopened_store_has_everything_and_continues_seqs(make_store: Stor
     assert info is not None and info.user == alice
     assert await second.get_room("secret") == room
     assert await second.member_names(room.id) == ["alice", "bob"]
-    assert await second.direct_room(bob, alice) == dm
+    assert await second.direct_room(bob, alice) == (dm, False)
     assert await history(second, room) == stored
     assert (await second.append_message(new(room, alice, "again"))).seq == 6
 

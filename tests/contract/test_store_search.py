@@ -159,8 +159,8 @@ async def test_only_rooms_the_user_may_read(store: Store, alice: User) -> None:
     public = await store.create_room("lobby", "public", bob.id)  # alice is not a member
     mine = await store.create_room("mine", "private", alice.id)
     theirs = await store.create_room("theirs", "private", bob.id)
-    their_dm = await store.direct_room(bob, carol)
-    my_dm = await store.direct_room(alice, bob)
+    their_dm, _ = await store.direct_room(bob, carol)
+    my_dm, _ = await store.direct_room(alice, bob)
     for room in (public, mine, theirs, their_dm, my_dm):
         await post(store, room, bob, "secret plans")
     assert sorted(r for r, _ in await found(store, alice, "secret")) == sorted(

@@ -60,6 +60,25 @@ async def test_client_resumes_after_the_server_closes_its_connection(chat: Chat)
         assert await client.ping() < 10
 
 
+async def test_client_passes_over_a_room_added_frame(chat: Chat) -> None:
+    """A `room_added` frame (docs/protocol.md §11: no ref, not of a room's log) is ignored:
+    the client goes on yielding messages and answering requests."""
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    url = str(chat.client.make_url("/ws"))
+    async with ChatClient(url, alice) as client:
+        await client.join("general")
+        opened = await chat.client.post("/api/direct", json={"user": "alice"},
+                                        headers=chat.auth(bob))
+        assert opened.status == 200
+        writer = await chat.ws(bob)
+        await writer.say("general", "after the announcement")
+        assert [m["text"] for m in await _next_messages(client, 1)] == [
+            "after the announcement"]
+        assert await client.ping() < 10
+        assert client.reconnects == 0
+
+
 async def test_client_raises_the_servers_error(chat: Chat) -> None:
     """A request answered by an `error` frame raises ChatClientError with its code."""
     token = await chat.user("alice")

@@ -20,6 +20,8 @@ EVENTS = [
     Event("typing", "general", b'{"op":"typing"}', user="bob", key="t:general:bob"),
     Event("stream", "dev-ops_2", b'{"op":"stream_delta","text":"x"}', key="d:s1"),
     Event("presence", "", b'{"op":"presence"}', user="carol", rooms=("a", "b"), key="p:carol"),
+    Event("rooms", "", b'{"op":"room_added"}', users=("alice", "bob")),
+    Event("rooms", "", b'{"op":"room_added"}', user="carol"),  # everyone but carol
 ]
 
 
@@ -57,11 +59,13 @@ def test_resync_request_round_trips() -> None:
 
 
 def test_channels() -> None:
-    """Room events go to their room's channel, presence events to the presence channel."""
+    """Room events go to their room's channel; presence and `rooms` events (for users, not a
+    room) to the instance-wide presence channel."""
     channels = Channels(0)
     assert channels.room("general") == b"chat:0:room:general"
     assert channels.of(EVENTS[0]) == b"chat:0:room:general"
     assert channels.of(EVENTS[3]) == channels.presence == b"chat:0:presence"
+    assert channels.of(EVENTS[4]) == channels.of(EVENTS[5]) == channels.presence
 
 
 def test_channel_names_carry_the_database() -> None:
@@ -85,6 +89,8 @@ def test_channel_names_carry_the_database() -> None:
     b'{"v":1,"k":"presence","o":"i","r":"","rs":"general"}\n{}',
     b'{"v":1,"k":"presence","o":"i","r":"","rs":[1]}\n{}',
     b'{"v":1,"k":"typing","o":"i","r":"r","u":null}\n{}',
+    b'{"v":1,"k":"rooms","o":"i","r":"","us":"alice"}\n{}',
+    b'{"v":1,"k":"rooms","o":"i","r":"","us":[null]}\n{}',
 ], ids=lambda p: p[:40].decode(errors="replace"))
 def test_unreadable_payloads_raise_wire_error(payload: bytes) -> None:
     """Anything that is not a well-formed version-1 payload raises WireError."""
