@@ -19,10 +19,12 @@ async def test_two_users_chat_in_a_room(browser: Any, chat_server: ChatServer,
     html, typing, presence (who was online already, then changes) and unread counts — one
     logged in through the form, one on a phone."""
     room, side = room_name("lobby"), room_name("side")
-    await chat_server.create_room("alice", room, members=("bob",))
-    await chat_server.create_room("alice", side, members=("bob",))
+    # A user of this test only: the unread total in the title counts this test's rooms alone.
+    bob_name = await chat_server.new_user("bob")
+    await chat_server.create_room("alice", room, members=(bob_name,))
+    await chat_server.create_room("alice", side, members=(bob_name,))
     alice = await open_chat(browser, chat_server, "alice", room=room, via_form=True)
-    bob = await open_chat(browser, chat_server, "bob", room=room, viewport=PHONE)
+    bob = await open_chat(browser, chat_server, bob_name, room=room, viewport=PHONE)
     try:
         # alice was online before bob's page loaded, so no change frame tells him: his page
         # shows her online from the room's presence snapshot (HTTP, which is never shed).
@@ -36,7 +38,7 @@ async def test_two_users_chat_in_a_room(browser: Any, chat_server: ChatServer,
             if attempt:
                 await bob.page.reload()
 
-        bob_status = alice.page.locator("#people-list .person", has_text="bob").locator(
+        bob_status = alice.page.locator("#people-list .person", has_text=bob_name).locator(
             ".person-status")
         await eventually(reconnect_bob, lambda ms: expect(bob_status).to_have_text(
             "online", timeout=ms))
@@ -53,7 +55,7 @@ async def test_two_users_chat_in_a_room(browser: Any, chat_server: ChatServer,
             await bob.page.locator("#composer-input").press_sequentially("hi"[attempt % 2])
 
         await eventually(bob_types, lambda ms: expect(alice.page.locator("#typing")).to_have_text(
-            "bob is typing…", timeout=ms))
+            f"{bob_name} is typing…", timeout=ms))
         await bob.page.locator("#composer-input").fill("hi")
         await bob.page.locator("#composer-input").press("Enter")
         await expect(alice.page.locator(f"{MESSAGES} .msg-body").last).to_have_text("hi")
