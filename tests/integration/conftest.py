@@ -19,6 +19,7 @@ from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
 from chatserver.auth import hash_token, new_token
 from chatserver.config import (
+    BrokerConfig,
     Config,
     FilesConfig,
     LimitsConfig,
@@ -190,3 +191,14 @@ async def backend_chat(backend_store: StoreConfig, make_chat: ChatFactory) -> Ch
     """`chat`, once per store backend. `backend_store` comes first, so the app (and its
     connection pool) closes before the test's database is dropped."""
     return await make_chat(store=backend_store)
+
+
+@pytest.fixture
+async def redis_pair(tmp_path: Path, aiohttp_client: Any, redis_url: str) -> tuple[Chat, Chat]:
+    """Two instances on one store sharing a real Redis broker, as two processes or hosts
+    would: what is done on the first must reach connections on the second."""
+    config = dataclasses.replace(make_config(tmp_path),
+                                 broker=BrokerConfig(backend="redis", url=redis_url))
+    one = await aiohttp_client(create_app(config))
+    two = await aiohttp_client(create_app(config))
+    return Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])

@@ -7,17 +7,12 @@ instances joined by Redis)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
-from chatserver.config import BrokerConfig
 from chatserver.files import directory, file_path
-from tests.integration.conftest import Chat, WsClient, make_config
+from tests.integration.conftest import Chat, WsClient
 from tests.integration.helpers import fast_user
 
 
@@ -153,15 +148,11 @@ async def test_deleting_an_uploads_message_removes_its_file(chat: Chat) -> None:
 
 
 async def test_events_cross_instances_through_redis(
-    tmp_path: Path, aiohttp_client: Any, redis_url: str
+    redis_pair: tuple[Chat, Chat],
 ) -> None:
     """With two instances on one store and Redis, an edit and a reaction made on one reach
     a member on the other, live and in seq order."""
-    config = dataclasses.replace(make_config(tmp_path),
-                                 broker=BrokerConfig(backend="redis", url=redis_url))
-    one = await aiohttp_client(create_app(config))
-    two = await aiohttp_client(create_app(config))
-    chat_one, chat_two = Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])
+    chat_one, chat_two = redis_pair
     alice, bob = await fast_user(chat_one, "alice"), await fast_user(chat_one, "bob")
     await chat_one.room("general")
     a, b = await chat_one.ws(alice), await chat_two.ws(bob)

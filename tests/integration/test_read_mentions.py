@@ -4,14 +4,9 @@ only, unread and mention counts in GET /api/rooms, and the permission rules."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
-from chatserver.config import BrokerConfig
-from tests.integration.conftest import Chat, make_config
+from tests.integration.conftest import Chat
 from tests.integration.helpers import fast_user
 
 
@@ -136,15 +131,10 @@ async def test_mentioning_a_non_member_in_a_private_room_tells_them_nothing(
 
 
 async def test_read_reaches_the_users_connection_on_another_instance(
-        tmp_path: Path, aiohttp_client: Any, redis_url: str) -> None:
+        redis_pair: tuple[Chat, Chat]) -> None:
     """With Redis, two instances on one store: the reader's other connection on the other
     instance gets the `read` frame; another user's connection there does not."""
-    config = dataclasses.replace(make_config(tmp_path),
-                                 broker=BrokerConfig(backend="redis", url=redis_url))
-    one = await aiohttp_client(create_app(config))
-    first = Chat(one, one.app[CONTEXT])
-    two = await aiohttp_client(create_app(config))
-    second = Chat(two, two.app[CONTEXT])
+    first, second = redis_pair
     alice = await fast_user(first, "alice")
     bob = await fast_user(first, "bob")
     await first.room("general")

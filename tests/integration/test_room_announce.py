@@ -4,15 +4,10 @@ is what GET /api/rooms then lists for that user; nobody else hears of it."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
-from chatserver.config import BrokerConfig
 from chatserver.overload import Level
-from tests.integration.conftest import Chat, WsClient, make_config
+from tests.integration.conftest import Chat, WsClient
 from tests.integration.helpers import fast_user
 
 # GET /api/rooms adds these to the room body a `room_added` frame carries.
@@ -128,16 +123,11 @@ async def test_announcements_are_not_shed_under_overload(chat: Chat) -> None:
 
 
 async def test_a_direct_room_opened_on_one_instance_reaches_the_other(
-        tmp_path: Path, aiohttp_client: Any, redis_url: str) -> None:
+        redis_pair: tuple[Chat, Chat]) -> None:
     """Two instances on one store and one Redis: bob opens a DM through the first; alice's
     connections on both instances get it, carol's on the second does not; a public room
     created through the second reaches the first."""
-    config = dataclasses.replace(make_config(tmp_path),
-                                 broker=BrokerConfig(backend="redis", url=redis_url))
-    one = await aiohttp_client(create_app(config))
-    first = Chat(one, one.app[CONTEXT])
-    two = await aiohttp_client(create_app(config))
-    second = Chat(two, two.app[CONTEXT])
+    first, second = redis_pair
     alice, bob, carol = [await fast_user(first, n) for n in ("alice", "bob", "carol")]
     a1, a2, c2 = await first.ws(alice), await second.ws(alice), await second.ws(carol)
     answer = await post(first, bob, "/api/direct", {"user": "alice"}, 200)

@@ -5,17 +5,12 @@ export carry `thread`, and streams reply in threads too."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from chatserver import export
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
-from chatserver.config import BrokerConfig
-from tests.integration.conftest import Chat, WsClient, make_config
+from tests.integration.conftest import Chat, WsClient
 from tests.integration.helpers import fast_user
 
 
@@ -156,17 +151,25 @@ async def start_stream(client: WsClient, room: str, thread: object) -> dict[str,
     return await client.request({"op": "stream_start", "room": room, "thread": thread}, "ack")
 
 
+async def _stream_in_thread(chat: Chat, question: str
+                            ) -> tuple[str, WsClient, WsClient, dict[str, Any], str]:
+    """bob asks `question` in "general"; a bot starts a stream answering in its thread.
+    bob's token, the bot's and bob's (joined) connections, the root's body, the stream id."""
+    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
+    await chat.room("general")
+    _, root = await post(chat, bob, "general", {"text": question})
+    streamer, reader = await chat.ws(bot), await chat.ws(bob)
+    await reader.join("general")
+    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    return bob, streamer, reader, root, stream
+
+
 async def test_a_stream_replies_in_a_thread(backend_chat: Chat) -> None:
     """`stream_start` with `thread`: the room's `stream_start` (live, and a joiner's text so
     far) and the stored message carry `thread`, deltas do not; the thread's history has the
     message and the root counts it."""
     chat = backend_chat
-    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
-    await chat.room("general")
-    _, root = await post(chat, bob, "general", {"text": "summarise this"})
-    streamer, reader = await chat.ws(bot), await chat.ws(bob)
-    await reader.join("general")
-    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    bob, streamer, reader, root, stream = await _stream_in_thread(chat, "summarise this")
     assert await reader.recv_op("stream_start") == {
         "op": "stream_start", "room": "general", "stream": stream, "user": "bot",
         "thread": root["seq"]}
@@ -192,12 +195,7 @@ async def test_an_aborted_stream_stays_in_its_thread(backend_chat: Chat) -> None
     """A thread's stream whose connection closes is stored `aborted` as a reply in that
     thread, and the root counts it."""
     chat = backend_chat
-    bot, bob = await fast_user(chat, "bot"), await fast_user(chat, "bob")
-    await chat.room("general")
-    _, root = await post(chat, bob, "general", {"text": "question"})
-    streamer, reader = await chat.ws(bot), await chat.ws(bob)
-    await reader.join("general")
-    stream = (await start_stream(streamer, "general", root["seq"]))["stream"]
+    bob, streamer, reader, root, stream = await _stream_in_thread(chat, "question")
     await streamer.send({"op": "stream_delta", "stream": stream, "text": "half an"})
     await streamer.request({"op": "ping"}, "pong")  # the delta has been taken
     await streamer.close()
@@ -240,14 +238,10 @@ async def test_a_stream_to_a_bad_thread_is_refused_and_starts_nothing(backend_ch
 
 
 async def test_a_joiner_on_another_instance_gets_the_streams_thread(
-        tmp_path: Path, aiohttp_client: Any, redis_url: str) -> None:
+        redis_pair: tuple[Chat, Chat]) -> None:
     """With Redis, two instances on one store: a thread's stream started on one is mirrored
     on the other with its `thread`, so a joiner there mid-stream gets it with the text so far."""
-    config = dataclasses.replace(make_config(tmp_path),
-                                 broker=BrokerConfig(backend="redis", url=redis_url))
-    one = await aiohttp_client(create_app(config))
-    two = await aiohttp_client(create_app(config))
-    first, second = Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])
+    first, second = redis_pair
     bot, bob = await fast_user(first, "bot"), await fast_user(first, "bob")
     await first.room("general")
     _, root = await post(first, bob, "general", {"text": "root"})
