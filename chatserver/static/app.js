@@ -183,7 +183,7 @@ async function openRoom(name, { focus = false } = {}) {
   history.replaceState(null, "", `#${encodeURIComponent(name)}`);
   view.renderRoomList(state);
   view.renderRoomHeader(state, room);
-  view.renderMessages(room);
+  renderRoom(room);
   view.renderTyping(state.typingIn(room));
   view.setTitle(state.totalUnread());
   if (focus) $("composer-input").focus();
@@ -208,6 +208,11 @@ async function openRoom(name, { focus = false } = {}) {
   }
 }
 
+/** Draw the open room's timeline, with the "New messages" line where reading starts. */
+function renderRoom(room) {
+  view.renderMessages(room, { firstUnread: state.firstUnread(room) });
+}
+
 /**
  * A room opened for the first time: its newest INITIAL_HISTORY messages up to the join's
  * seq (live frames follow it), in pages of HISTORY_PAGE fetched at once, cut by seq, and
@@ -230,7 +235,7 @@ async function fillHistory(room, joinedSeq) {
     state.flushPendingEvents(room);
     room.hasOlder = pages.length > 0 && pages[pages.length - 1].more;
     room.historyLoaded = true;
-    if (state?.openRoom === room.name) view.renderMessages(room);
+    if (state?.openRoom === room.name) renderRoom(room);
     performance.mark("room:rendered");
   } catch (error) {
     view.showNotice(`Could not load messages: ${error.message}`);
@@ -285,7 +290,7 @@ async function loadOlder(room, limit = HISTORY_PAGE) {
     const first = !room.historyLoaded;
     room.historyLoaded = true;
     if (isOpen()) {
-      if (first) view.renderMessages(room);
+      if (first) renderRoom(room);
       else view.insertMessages(room, page.messages, { older: true });
     }
     return true;
@@ -667,7 +672,7 @@ function onResynced({ room: name }) {
   state.forgetMessages(room);
   if (thread?.room === name) closeThread();
   if (state.openRoom === name) {
-    view.renderMessages(room);
+    renderRoom(room);
     loadOlder(room); // the newest page, as none is held
   }
   refreshRooms();

@@ -110,6 +110,7 @@ export class RoomState {
     // /api/rooms); the ones above countedSeq are counted here as they arrive.
     this.readSeq = 0;
     this.readSent = 0;         // the position last sent to the server in a `read`
+    this.readWhenOpened = null; // readSeq when the room was last opened (the "New" line)
     this.countedSeq = 0;
     this.serverUnread = 0;
     this.serverMentions = 0;
@@ -397,9 +398,23 @@ export class ChatState {
     return events.map((frame) => this.applyEvent(frame)).filter(Boolean);
   }
 
+  /** Show a room; its "New messages" line goes above what was unread as it opened. */
   open(name) {
     this.openRoom = name;
-    return this.rooms.get(name) ?? null;
+    const room = this.rooms.get(name) ?? null;
+    if (room) room.readWhenOpened = room.readSeq;
+    return room;
+  }
+
+  /** The first message of the open room's timeline that was unread when it was opened (the
+   * "New messages" line goes above it), or null. */
+  firstUnread(room) {
+    if (room.readWhenOpened == null) return null;
+    for (const message of room.messages) {
+      if (message.thread == null && message.seq > room.readWhenOpened
+        && message.user !== this.me.name && !message.deleted) return message.seq;
+    }
+    return null;
   }
 
   totalUnread() {

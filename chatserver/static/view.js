@@ -180,13 +180,34 @@ let shown = new Map();
 
 /** Replace the message list with the room's messages and its streams in progress. Thread
  * replies are not in the main timeline: their root counts them, the thread panel shows them. */
-export function renderMessages(room) {
+export function renderMessages(room, { firstUnread = null } = {}) {
   shown = new Map();
   const items = room ? [...room.messages].filter(isTopLevel).map(shownElement) : [];
+  const divider = firstUnread != null && shown.has(firstUnread) ? unreadDivider() : null;
   $("message-list").replaceChildren(...items);
+  if (divider) shown.get(firstUnread).before(divider);
   renderLoadOlder(room);
   renderStreams(room);
   scrollToBottom();
+  // More unread than fits: start reading at the line (reaching the bottom reads the room).
+  if (!divider) return;
+  const scroller = $("message-scroller");
+  const above = divider.getBoundingClientRect().top - scroller.getBoundingClientRect().top;
+  if (above < 0) scroller.scrollTop += above;
+}
+
+function unreadDivider() {
+  return el("li", { className: "unread-divider", attrs: { role: "separator" } }, [
+    el("span", { text: "New messages" }),
+  ]);
+}
+
+/** The node a message goes before: the next shown one, or the "New messages" line above it
+ * (older messages go above the line, not between it and the first unread). */
+function insertionPoint(room, seq) {
+  const next = nextShownNode(room, seq);
+  const previous = next?.previousElementSibling;
+  return previous?.classList.contains("unread-divider") ? previous : next;
 }
 
 export function setRoomBusy(busy) {
@@ -223,7 +244,7 @@ export function insertMessages(room, messages, { older = false } = {}) {
   let batch = document.createDocumentFragment();
   let batchBefore;
   for (const message of fresh) {
-    const before = nextShownNode(room, message.seq);
+    const before = insertionPoint(room, message.seq);
     if (before !== batchBefore && batch.childNodes.length > 0) {
       list.insertBefore(batch, batchBefore ?? null);
       batch = document.createDocumentFragment();

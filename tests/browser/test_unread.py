@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import expect
 
@@ -54,6 +55,11 @@ async def test_counts_kept_while_away_show_on_load_and_reading_stores_the_positi
         await expect(button.locator(".unread")).to_have_count(0)
         await expect(button.locator(".mention-count")).to_have_count(0)
         await expect(page.page).to_have_title("chatserver")
+        # The "New messages" line sits above the first of them, below her own.
+        rows = page.page.locator("#message-list > li")
+        await expect(rows.nth(1)).to_have_class("unread-divider")
+        await expect(rows.nth(1)).to_have_text("New messages")
+        await expect(rows.nth(2).locator(".msg-body")).to_have_text("plain one")
         # The message that mentions her by name is marked for her.
         await expect(page.page.locator(f"{MESSAGES}.mentions-me")).to_have_count(2)
         await expect(page.page.locator(f"{MESSAGES} .msg-body .mention").first).to_have_text(
@@ -138,6 +144,46 @@ async def test_a_direct_message_appears_at_once_with_its_unread_count(
         await expect(page.page.locator(f"{MESSAGES} .msg-body")).to_have_text(
             [f"@{alice} got a minute?"])
         await expect(button.locator(".unread")).to_have_count(0)
+        page.check_no_errors()
+    finally:
+        await page.close()
+
+
+async def test_a_long_unread_stretch_opens_at_the_line_and_is_read_at_the_bottom(
+        browser: Any, chat_server: ChatServer) -> None:
+    """More unread messages than fit: the room opens at the "New messages" line, stays
+    unread while the reader is above the newest message, and is read once they scroll down."""
+    home, busy = room_name("home"), room_name("long")
+    alice = await chat_server.new_user("alice")
+    await chat_server.create_room(alice, home)
+    await chat_server.create_room(alice, busy, members=("bob",))
+    await chat_server.say(alice, busy, "before I left")
+    async with aiohttp.ClientSession() as session:
+        bob = await chat_server.socket(session, "bob")
+        try:
+            acks = await bob.send_many(busy, [f"news {i}" for i in range(80)])
+        finally:
+            await bob.close()
+    page = await open_chat(browser, chat_server, alice, room=home)
+    try:
+        button = room_button(page, busy)
+        await expect(button.locator(".unread")).to_have_text("80 unread")
+        await button.click()
+        await expect(page.page.locator("#message-scroller")).to_have_attribute("aria-busy",
+                                                                              "false")
+        await expect(page.page.locator(".unread-divider")).to_be_in_viewport()
+        await expect(page.page.locator(f"{MESSAGES}").last).not_to_be_in_viewport()
+        await expect(button.locator(".unread")).to_have_text("80 unread")
+
+        await page.page.locator("#message-scroller").evaluate(
+            "(scroller) => { scroller.scrollTop = scroller.scrollHeight; }")
+        await expect(button.locator(".unread")).to_have_count(0)
+        for _ in range(100):
+            counts = await server_counts(chat_server, alice, busy)
+            if counts["read_seq"] == acks[-1]["seq"]:
+                break
+            await asyncio.sleep(0.1)
+        assert counts["read_seq"] == acks[-1]["seq"], counts
         page.check_no_errors()
     finally:
         await page.close()
