@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from chatserver import http_api, retention
+from chatserver import credentials, http_api, retention
 from chatserver.app_keys import CONFIG, CONTEXT
 from chatserver.broker.base import Broker
 from chatserver.config import BrokerConfig, Config, StoreConfig
@@ -115,6 +115,8 @@ def _running_instance(
             tasks = [asyncio.create_task(ctx.lag.run(), name="loop-lag"),
                      asyncio.create_task(ctx.streams.sweep_idle(), name="stream-idle")]
             tasks.append(asyncio.create_task(retention.run_for(ctx), name="retention"))
+            tasks.append(asyncio.create_task(credentials.run(ctx.connections, store),
+                                             name="credential-sweep"))
             log.info("instance %s ready (store=%s broker=%s)", instance_id,
                      config.store.backend, config.broker.backend)
             try:

@@ -13,6 +13,7 @@ import secrets
 
 from aiohttp import web
 
+from chatserver import credentials
 from chatserver.context import ChatContext
 from chatserver.errors import Forbidden, RateLimited, Unauthorized
 from chatserver.store.base import TokenInfo, User
@@ -109,9 +110,11 @@ async def login(ctx: ChatContext, username: str, password: str, address: str,
 
 
 async def logout(ctx: ChatContext, info: TokenInfo) -> int:
-    """Revoke the token; close its open sockets with 1008. Returns how many were closed."""
+    """Revoke the token; close its open sockets with 1008, here at once and on every other
+    instance when the `logout` event reaches it (chatserver.credentials). Returns how many
+    were closed on this instance: the others' count is not known when this answers."""
     await ctx.store.revoke_token(info.token_hash)
-    sessions = ctx.connections.with_token(info.token_hash)
-    for session in sessions:
-        session.outbox.close(1008, "session logged out", flush=False)
-    return len(sessions)
+    closed = credentials.close_token(ctx.connections, info.token_hash, credentials.LOGGED_OUT)
+    # After the revocation is stored: a socket opened meanwhile elsewhere was refused.
+    ctx.broker.publish(credentials.logout_event(info.token_hash))
+    return closed

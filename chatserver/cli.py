@@ -15,7 +15,7 @@ import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
-from chatserver import export, hooks
+from chatserver import credentials, export, hooks
 from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token
 from chatserver.config import Config, ConfigError, ServerConfig, load_config
@@ -239,8 +239,10 @@ async def _user_token(store: Store, args: argparse.Namespace) -> int:
 
 async def _user_disable(store: Store, args: argparse.Namespace) -> int:
     await store.set_disabled(args.name, True)
+    # Its open sockets: each running instance's credential sweep closes them.
     print(f"disabled user {args.name}; a running server refuses its tokens from the next "
-          "request on", file=sys.stderr)
+          f"request on and closes its open sockets within {credentials.SWEEP_SECONDS:.0f} s",
+          file=sys.stderr)
     return 0
 
 

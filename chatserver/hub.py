@@ -14,7 +14,8 @@ stored history, in order, with nothing missing, extra or doubled:
 - an event at or below the last delivered seq is a duplicate and is dropped.
 
 `rooms` events (chatserver.room_announce) are for users, not a room: they go to the users'
-open connections (`Connections.of_user`), whatever those joined.
+open connections (`Connections.of_user`), whatever those joined. A `logout` event closes the
+connections its token authenticated (chatserver.credentials).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatserver import protocol, room_events, wsframe
+from chatserver import credentials, protocol, room_events, wsframe
 from chatserver.broker.base import Broker, Event
 from chatserver.outbox import Outbox
 from chatserver.session import Connections
@@ -123,10 +124,13 @@ class Hub:
             return
         subs = self._rooms.get(event.room)
         if not subs:
-            # A `rooms` event has no room (""), so it always lands here: checked here, it
-            # costs the hot path (a room with subscribers) nothing.
+            # `rooms` and `logout` events have no room (""), so they always land here:
+            # checked here, they cost the hot path (a room with subscribers) nothing.
             if event.kind == "rooms":
                 self._deliver_to_users(event)
+            elif event.kind == "logout":
+                # On the instance that logged out they are closing already, and left alone.
+                credentials.close_token(self.connections, event.key, credentials.LOGGED_OUT)
             return
         frame = wsframe.text_frame(event.frame)  # once, for every recipient
         if event.kind == "message":

@@ -125,6 +125,10 @@ class Connections:
     def with_token(self, token_hash: str) -> list[Session]:
         return [self._by_id[i] for i in self._by_token.get(token_hash, ()) if i in self._by_id]
 
+    def token_hashes(self) -> list[str]:
+        """The distinct tokens (by hash) that authenticated the open connections."""
+        return list(self._by_token)
+
     def of_user(self, name: str) -> list[Session]:
         """The user's open connections on this instance (a snapshot; one lookup)."""
         of_user = self._by_user.get(name)

@@ -16,8 +16,9 @@ Delivery semantics every backend provides (tests/contract/test_broker.py holds e
   order.
 - The handler set with `set_handler` is called on the event loop, once per event, only for
   rooms this instance subscribed to (or for presence events naming such a room), except
-  `rooms` events, which are for users rather than a room: every instance's handler gets
-  each one, subscribed or not, because any instance may hold those users' connections.
+  `rooms` and `logout` events (`INSTANCE_WIDE`), which are for users or connections rather
+  than a room: every instance's handler gets each one, subscribed or not, because any
+  instance may hold those connections.
 - After the broker lost events it could not deliver (its connection dropped and came back),
   it calls the callback set with `set_resync`, once it is receiving again: the hub then
   re-reads every live room from the store, so quiet rooms recover too.
@@ -44,7 +45,13 @@ LOCAL_DELIVERY_MAX = 0.005
 # subscriptions of the room, never stored in the room's log, no seq.
 # "rooms": a room was added for some users (chatserver.room_announce); delivered to those
 # users' connections whatever they joined, never stored, no seq, no room.
-EventKind = Literal["message", "typing", "stream", "presence", "read", "rooms"]
+# "logout": a token was revoked (POST /api/logout, chatserver.credentials); every instance
+# closes the connections that token authenticated. Its `key` is the token's hash (never the
+# token), its frame empty; no seq, no room.
+EventKind = Literal["message", "typing", "stream", "presence", "read", "rooms", "logout"]
+# Kinds for every instance, subscribed to a room or not: they concern users or connections,
+# and any instance may hold those.
+INSTANCE_WIDE: frozenset[str] = frozenset(("rooms", "logout"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +67,8 @@ class Event:
     # Back-pressure key: a stream delta's "d:<stream>" (a slow reader's queued deltas with the
     # same key are joined), a typing or presence event's "t:<room>:<user>" / "p:<user>" (a
     # queued one is superseded by the next). Empty: the frame must be delivered as it is.
-    # A `read` event's is the connection that moved the position, which the hub skips.
+    # A `read` event's is the connection that moved the position, which the hub skips; a
+    # `logout` event's is the revoked token's hash.
     key: str = ""
     # `rooms` events: the users whose connections get the frame; empty: every connected
     # user's but `user`'s (a public room, announced to everyone but its creator).

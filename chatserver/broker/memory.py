@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from chatserver.broker.base import Broker, Event
+from chatserver.broker.base import INSTANCE_WIDE, Broker, Event
 
 
 class MemoryBroker(Broker):
@@ -38,7 +38,7 @@ class MemoryBroker(Broker):
         if event.kind == "presence":
             if any(room in self._rooms for room in event.rooms):
                 handler(event)
-        elif event.room in self._rooms or event.kind == "rooms":
+        elif event.room in self._rooms or event.kind in INSTANCE_WIDE:
             handler(event)
 
     async def connection_opened(self, user: str, conn_id: str) -> bool:

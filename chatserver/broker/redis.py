@@ -14,9 +14,9 @@ Delivery follows `chatserver.broker.base`. How this backend provides it:
   other instances re-read their rooms from the store; after Redis was unreachable it also
   calls this instance's resync.
 - One PubSub connection, read by one listener task, carries every subscribed room channel
-  and the instance-wide presence channel, which also carries `rooms` events (wire format:
-  `chatserver.broker.redis_wire`). Events whose origin is this instance are skipped: local
-  subscribers already had them.
+  and the instance-wide presence channel, which also carries `rooms` and `logout` events
+  (wire format: `chatserver.broker.redis_wire`). Events whose origin is this instance are
+  skipped: local subscribers already had them.
 - redis-py does not resubscribe a PubSub after Redis restarts, so the listener does: on any
   connection error it backs off (0.1 s doubling to 2 s, with jitter), reconnects,
   subscribes to the presence channel and every room wanted now, and once Redis has confirmed
@@ -50,7 +50,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from chatserver.broker.base import LOCAL_DELIVERY_MAX, Broker, Event, presence_event
+from chatserver.broker.base import (
+    INSTANCE_WIDE,
+    LOCAL_DELIVERY_MAX,
+    Broker,
+    Event,
+    presence_event,
+)
 from chatserver.broker.redis_presence import RedisPresence
 from chatserver.broker.redis_wire import Channels, WireError, decode, encode_event, encode_resync
 from chatserver.errors import BrokerUnavailable
@@ -244,7 +250,7 @@ class RedisBroker(Broker):
     def _wants(self, event: Event) -> bool:
         if event.kind == "presence":
             return any(room in self._rooms for room in event.rooms)
-        if event.kind == "rooms":
+        if event.kind in INSTANCE_WIDE:
             return True  # for users, not a room: any instance may hold their connections
         return event.room in self._rooms
 

@@ -2,7 +2,8 @@
 
 Channels: one per room, `chat:<db>:room:<name>`, and one instance-wide channel,
 `chat:<db>:presence`, that every instance subscribes to: it carries presence events, resync
-requests and `rooms` events (a room announced to users, wherever their connections are).
+requests, `rooms` events (a room announced to users, wherever their connections are) and
+`logout` events (a revoked token's hash: its connections close, wherever they are).
 Redis pub/sub ignores the database number, so the names carry it: clusters using different
 databases of one server stay apart.
 
@@ -14,7 +15,7 @@ The header is compact JSON (orjson never writes a raw newline), so the first b"\
 everything after it is the frame, passed on unchanged: the frame is encoded once, by the
 publisher, and receivers hand the same bytes to the hub. Keys left out take their defaults
 (`s` 0, `u` "", `rs` [], `ky` "", `us` []). `rs` lists a presence event's rooms; `ky` is the
-event's back-pressure key; `us` lists a `rooms` event's users.
+event's back-pressure key (a `logout` event's token hash); `us` lists a `rooms` event's users.
 
 Besides events, kind `resync` (no frame) tells every other instance that the origin dropped
 events it should have published: receivers re-read their live rooms from the store.
@@ -27,7 +28,7 @@ from typing import Any, get_args
 
 import orjson
 
-from chatserver.broker.base import Event, EventKind
+from chatserver.broker.base import INSTANCE_WIDE, Event, EventKind
 
 VERSION = 1
 RESYNC = "resync"
@@ -61,10 +62,12 @@ class Channels:
         return b"chat:%d:room:%s" % (self.db, room.encode())
 
     def of(self, event: Event) -> bytes:
-        """Presence and `rooms` events go to every instance; the others to their room's
-        channel."""
+        """Presence, `rooms` and `logout` events go to every instance; the others to their
+        room's channel."""
         kind = event.kind
-        return self.presence if kind == "presence" or kind == "rooms" else self.room(event.room)
+        if kind == "presence" or kind in INSTANCE_WIDE:
+            return self.presence
+        return self.room(event.room)
 
 
 def encode_event(event: Event, origin: str) -> bytes:

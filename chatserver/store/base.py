@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:  # search types, for the search_messages signature only
 RoomKind = Literal["public", "private", "direct"]
 MAX_RETENTION_DAYS = 36500  # a hundred years: anything longer is a typo, not a policy
 TokenKind = Literal["api", "session"]
+# Why a token no longer authenticates (`Store.invalid_tokens`): "revoked" (revoked, or not
+# known at all) or "disabled" (its user is disabled; said even when the token is revoked too).
+TokenInvalid = Literal["revoked", "disabled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +365,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_token(self, token_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:
+        """Of `token_hashes`, those that no longer authenticate, each with why (a hash not
+        stored at all is "revoked"); valid ones are left out. One read statement whatever the
+        number of hashes: the credential sweep (chatserver.credentials) asks about the
+        tokens of all of an instance's open connections at once."""
 
     # -- rooms ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]  # no py.typed: asyncpg objects are Any here
@@ -50,6 +50,7 @@ from chatserver.store.base import (
     ThreadRoot,
     ThumbnailState,
     TokenInfo,
+    TokenInvalid,
     TokenKind,
     User,
     format_ts,
@@ -82,6 +83,14 @@ _MESSAGE = "m.seq, m.id, m.user_name, m.text, m.html, m.ts, m.stream, m.aborted,
 _HOOK_COLUMNS = f"{_ROOM}, {_USER}, h.id, h.created_by, h.created_at, h.revoked_at"
 _HOOK_JOINS = "JOIN rooms r ON r.id = h.room_id JOIN users u ON u.id = h.bot_id"
 _HOOK = f"SELECT {_HOOK_COLUMNS} FROM hooks h {_HOOK_JOINS}"
+# The hashes of one array parameter that no longer authenticate, each with why: one
+# primary-key lookup per hash, one statement however many there are.
+_INVALID_TOKENS = (
+    "SELECT h.hash, CASE WHEN u.disabled THEN 'disabled' ELSE 'revoked' END"
+    " FROM (SELECT DISTINCT unnest($1::text[]) AS hash) h"
+    " LEFT JOIN tokens t ON t.hash = h.hash LEFT JOIN users u ON u.id = t.user_id"
+    " WHERE t.hash IS NULL OR t.revoked_at IS NOT NULL OR u.disabled"
+)
 
 
 def _now_ms() -> int:
@@ -362,6 +371,13 @@ class PostgresStore(Store):
                 _now_ms(), token_hash,
             )
         )
+
+    async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:
+        if not token_hashes:
+            return {}
+        hashes = list(token_hashes)
+        rows = await self._run(lambda c: c.fetch(_INVALID_TOKENS, hashes))
+        return {row[0]: cast(TokenInvalid, row[1]) for row in rows}
 
     # -- rooms ---------------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from chatserver.errors import BadRequest, Conflict, NotFound, StoreUnavailable
@@ -44,6 +45,7 @@ from chatserver.store.base import (
     ThreadRoot,
     ThumbnailState,
     TokenInfo,
+    TokenInvalid,
     TokenKind,
     User,
     format_ts,
@@ -66,6 +68,14 @@ _MESSAGE = "m.seq, m.id, m.user_name, m.text, m.html, m.ts, m.stream, m.aborted,
 _HOOK_COLUMNS = f"{_ROOM}, {_USER}, h.id, h.created_by, h.created_at, h.revoked_at"
 _HOOK_JOINS = "JOIN rooms r ON r.id = h.room_id JOIN users u ON u.id = h.bot_id"
 _HOOK = f"SELECT {_HOOK_COLUMNS} FROM hooks h {_HOOK_JOINS}"
+# The hashes of one JSON array parameter that no longer authenticate, each with why: one
+# primary-key lookup per hash.
+_INVALID_TOKENS = (
+    "SELECT j.value, CASE WHEN u.disabled THEN 'disabled' ELSE 'revoked' END"
+    " FROM (SELECT DISTINCT value FROM json_each(?)) j"
+    " LEFT JOIN tokens t ON t.hash = j.value LEFT JOIN users u ON u.id = t.user_id"
+    " WHERE t.hash IS NULL OR t.revoked_at IS NOT NULL OR u.disabled"
+)
 
 
 def _now_ms() -> int:
@@ -338,6 +348,15 @@ class SqliteStore(Store):
             )
 
         await self.run_in_writer(job)
+
+    async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:
+        if not token_hashes:
+            return {}
+        # One JSON array parameter rather than one `?` per hash: no variable limit to batch
+        # around, and the statement text is the same for any number of hashes.
+        hashes = json.dumps(list(token_hashes))
+        rows = await self._read(lambda c: c.execute(_INVALID_TOKENS, (hashes,)).fetchall())
+        return {row[0]: cast(TokenInvalid, row[1]) for row in rows}
 
     # -- rooms ---------------------------------------------------------------------------------
 

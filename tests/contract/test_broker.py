@@ -71,6 +71,11 @@ def rooms_event(users: tuple[str, ...], all_but: str = "") -> Event:
     return Event("rooms", "", frame, user=all_but, users=users)
 
 
+def logout_event(token_hash: str = "h-1") -> Event:
+    """A token's logout, as chatserver.credentials builds it."""
+    return Event("logout", "", b"", key=token_hash)
+
+
 @dataclass
 class Instances:
     """Opens brokers of one backend that share one medium (one Redis), as instances would."""
@@ -167,6 +172,17 @@ async def test_rooms_events_are_delivered_without_any_subscription(
     although it subscribed to no room."""
     broker, seen = await instances.open()
     event = rooms_event(("alice", "bob"))
+    broker.publish(event)
+    await asyncio.sleep(LOCAL_SETTLE)
+    assert seen.events == [event]
+
+
+async def test_logout_events_are_delivered_without_any_subscription(
+        instances: Instances) -> None:
+    """A `logout` event (for connections, not a room) reaches the publishing instance's
+    handler although it subscribed to no room."""
+    broker, seen = await instances.open()
+    event = logout_event()
     broker.publish(event)
     await asyncio.sleep(LOCAL_SETTLE)
     assert seen.events == [event]
@@ -366,6 +382,18 @@ async def test_rooms_events_reach_every_other_instance(instances: Instances) -> 
         a.publish(event)
     await eventually(lambda: len(seen_b.events) >= len(sent), what="rooms events at b")
     assert seen_b.events == sent
+
+
+async def test_logout_events_reach_every_other_instance(instances: Instances) -> None:
+    """A `logout` event reaches another instance that subscribed to no room, its token hash
+    intact."""
+    instances.require_several()
+    a, _ = await instances.open("a")
+    b, seen_b = await instances.open("b")
+    event = logout_event("9f86d081884c7d659a2feaa0c55ad015")
+    a.publish(event)
+    await eventually(lambda: len(seen_b.events) >= 1, what="logout event at b")
+    assert seen_b.events == [event]
 
 
 async def test_presence_across_two_instances(instances: Instances) -> None:

@@ -169,6 +169,47 @@ async def test_duplicate_token_hash_conflicts_and_unknown_user_is_not_found(stor
         await store.add_token(999_999, "other", "api")
 
 
+async def test_invalid_tokens_names_the_revoked_and_the_disabled(store: Store) -> None:
+    """invalid_tokens leaves valid tokens out and names each other one: "revoked" for a
+    revoked or unknown hash, "disabled" for a disabled user's (revoked or not); a hash asked
+    twice is answered once; re-enabling the user makes its tokens valid again."""
+    alice, bob = await user(store, "alice"), await user(store, "bob")
+    for owner, token_hash in ((alice, "a-valid"), (alice, "a-revoked"), (bob, "b-api"),
+                              (bob, "b-revoked")):
+        await store.add_token(owner.id, token_hash, "api")
+    await store.revoke_token("a-revoked")
+    await store.revoke_token("b-revoked")
+    await store.set_disabled("bob", True)
+    asked = ["a-valid", "a-revoked", "b-api", "b-revoked", "unknown", "a-revoked", "a-valid"]
+    assert await store.invalid_tokens(asked) == {
+        "a-revoked": "revoked", "unknown": "revoked", "b-api": "disabled",
+        "b-revoked": "disabled"}
+    await store.set_disabled("bob", False)
+    assert await store.invalid_tokens(["a-valid", "b-api", "b-revoked"]) == {
+        "b-revoked": "revoked"}
+    assert await store.invalid_tokens([]) == {}
+    assert await store.invalid_tokens(("a-valid",)) == {}
+
+
+async def test_invalid_tokens_answers_tens_of_thousands_in_one_call(store: Store) -> None:
+    """An instance's every open token at once: 20,000 hashes, of which the valid ones are
+    left out and the rest named, whatever their number."""
+    alice = await user(store, "alice")
+    valid = [f"{i:064x}" for i in range(3)]
+    for token_hash in valid:
+        await store.add_token(alice.id, token_hash, "session")
+    unknown = [f"{i:064x}" for i in range(3, 20_000)]
+    assert await store.invalid_tokens(valid + unknown) == dict.fromkeys(unknown, "revoked")
+
+
+async def test_invalid_tokens_of_a_closed_store_is_unavailable(store: Store) -> None:
+    """The sweep's read raises StoreUnavailable when the store cannot answer (the sweep
+    logs it and retries at its next interval)."""
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.invalid_tokens(["h"])
+
+
 # -- rooms ------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ EVENTS = [
     Event("presence", "", b'{"op":"presence"}', user="carol", rooms=("a", "b"), key="p:carol"),
     Event("rooms", "", b'{"op":"room_added"}', users=("alice", "bob")),
     Event("rooms", "", b'{"op":"room_added"}', user="carol"),  # everyone but carol
+    Event("logout", "", b"", key="9f86d081884c7d659a2feaa0c55ad015"),  # a token's hash
 ]
 
 
@@ -59,13 +60,23 @@ def test_resync_request_round_trips() -> None:
 
 
 def test_channels() -> None:
-    """Room events go to their room's channel; presence and `rooms` events (for users, not a
-    room) to the instance-wide presence channel."""
+    """Room events go to their room's channel; presence, `rooms` and `logout` events (for
+    users or connections, not a room) to the instance-wide presence channel."""
     channels = Channels(0)
     assert channels.room("general") == b"chat:0:room:general"
     assert channels.of(EVENTS[0]) == b"chat:0:room:general"
     assert channels.of(EVENTS[3]) == channels.presence == b"chat:0:presence"
     assert channels.of(EVENTS[4]) == channels.of(EVENTS[5]) == channels.presence
+    assert channels.of(EVENTS[6]) == channels.presence
+
+
+def test_a_logout_event_carries_the_token_hash_in_its_header() -> None:
+    """A `logout` event's payload is its header line alone, the hash under `ky`."""
+    payload = encode_event(EVENTS[6], "i")
+    head, newline, frame = payload.partition(b"\n")
+    assert newline and frame == b""
+    assert orjson.loads(head) == {"v": 1, "k": "logout", "o": "i", "r": "",
+                                  "ky": "9f86d081884c7d659a2feaa0c55ad015"}
 
 
 def test_channel_names_carry_the_database() -> None:
