@@ -27,7 +27,13 @@ _DUMMY_HASH = (
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A random API/session token (256 bits). Never starting with "-": a command line
+    would take it for an option (`chat --token -x…` fails in argparse). Redrawing those
+    costs the token about 0.02 of a bit."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def hash_token(token: str) -> str:
