@@ -1,9 +1,14 @@
-"""`chat`: the command-line client — follow a room, send, stream stdin, read history.
+"""`chat`: the command-line client — follow a room, send, stream stdin, read history, edit,
+delete, react, search.
 
-    chat tail ROOM [--after SEQ] [--json]     follow; resumes across disconnects
-    chat send ROOM TEXT                       TEXT "-" reads stdin; prints the seq
+    chat tail ROOM [--after SEQ] [--events] [--json]   follow; resumes across disconnects
+    chat send ROOM TEXT [--thread SEQ]        TEXT "-" reads stdin; prints the seq
     chat stream ROOM [--chunk]                stdin becomes one streamed message
     chat history ROOM [--before SEQ] [--limit N] [--json]
+    chat edit ROOM SEQ TEXT                   TEXT "-" reads stdin; prints the edit's seq
+    chat delete ROOM SEQ                      prints the deletion's seq
+    chat react ROOM SEQ EMOJI [--remove]      prints the reaction's seq (nothing if unchanged)
+    chat search QUERY [--room ROOM] [--limit N] [--json]
 
 The server comes from `--url` / `CHAT_URL` (default http://127.0.0.1:8080), the API token from
 `--token` / `CHAT_TOKEN` (`chatserver user token NAME` prints one). Exit status: 0 done,
@@ -29,8 +34,10 @@ from chatserver.client import (
     AuthenticationFailed,
     ChatClient,
     ChatClientError,
+    Event,
     Message,
     RetryLater,
+    SearchResult,
     TooLarge,
     Unreachable,
     websocket_url,
@@ -39,6 +46,7 @@ from chatserver.client import (
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT = 10.0
 HISTORY_PAGE = 200  # the server's largest page
+SEARCH_PAGE = 50  # the server's largest search page
 CHUNK_BYTES = 65536
 STDIN_QUEUE = 64  # pieces read ahead of the network: bounds memory for a fast producer
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
@@ -101,11 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("room")
     tail.add_argument("--after", type=_seq, metavar="SEQ",
                       help="first print the stored messages after this seq")
+    tail.add_argument("--events", action="store_true",
+                      help="also print edits, deletions and reactions (every line has a seq)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
     send = commands.add_parser("send", parents=[common], help="send one message; prints its seq")
     send.add_argument("room")
     send.add_argument("text", help='the message; "-" reads it from stdin')
+    send.add_argument("--thread", type=_positive, metavar="SEQ",
+                      help="reply in the thread of this top-level message")
 
     stream = commands.add_parser(
         "stream", parents=[common],
@@ -121,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=_positive, default=50, metavar="N",
                          help="how many messages (default 50)")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    edit = commands.add_parser("edit", parents=[common],
+                               help="replace a message's text; prints the edit's seq")
+    edit.add_argument("room")
+    edit.add_argument("seq", type=_positive, help="the message's seq")
+    edit.add_argument("text", help='the new text; "-" reads it from stdin')
+
+    delete = commands.add_parser("delete", parents=[common],
+                                 help="delete a message; prints the deletion's seq")
+    delete.add_argument("room")
+    delete.add_argument("seq", type=_positive, help="the message's seq")
+
+    react = commands.add_parser(
+        "react", parents=[common],
+        help="add (or --remove) a reaction; prints its seq, nothing when nothing changed")
+    react.add_argument("room")
+    react.add_argument("seq", type=_positive, help="the message's seq")
+    react.add_argument("emoji", help="one emoji, or a :short_name:")
+    react.add_argument("--remove", action="store_true", help="take the reaction back")
+
+    search = commands.add_parser("search", parents=[common],
+                                 help="full-text search of the rooms you may read")
+    search.add_argument("query", help='words (all must match), "phrases", prefix*')
+    search.add_argument("--room", help="search this room only")
+    search.add_argument("--limit", type=_positive, default=20, metavar="N",
+                        help="how many results (default 20)")
+    search.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
 
@@ -146,20 +185,58 @@ _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\\"): "\\\\"})
 del _ESCAPES[ord("\t")]
 
 
+def _local_time(ts: str) -> str:
+    try:
+        return datetime.fromisoformat(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return ts
+
+
 def format_message(message: Message) -> str:
     """One line: local time, user, text (escaped), and `[aborted]` for a cut-off stream."""
-    try:
-        when = datetime.fromisoformat(message["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        when = message["ts"]
-    line = f"{when} {message['user']}: {message['text'].translate(_ESCAPES)}"
+    line = f"{_local_time(message['ts'])} {message['user']}: {message['text'].translate(_ESCAPES)}"
     return line + (" [aborted]" if message.get("aborted") else "")
 
 
-def _print_message(message: Message, as_json: bool) -> None:
-    line = orjson.dumps(message).decode() if as_json else format_message(message)
+def format_event(event: Event) -> str:
+    """One line of `tail --events`: `#seq` first, then the message as `format_message` shows
+    it, or what happened to message `#target` (deletions and reactions carry no time)."""
+    if event["op"] == "message":
+        return f"#{event['seq']} {format_message(event)}"
+    head = f"#{event['seq']}"
+    if event["op"] == "edited":
+        return (f"{head} {_local_time(event['edited'])} {event['user']} edited "
+                f"#{event['target']}: {event['text'].translate(_ESCAPES)}")
+    if event["op"] == "deleted":
+        return f"{head} {event['user']} deleted #{event['target']}"
+    emoji = event["emoji"].translate(_ESCAPES)
+    if event["added"]:
+        return f"{head} {event['user']} reacted {emoji} to #{event['target']}"
+    return f"{head} {event['user']} removed {emoji} from #{event['target']}"
+
+
+def snippet_text(snippet: str) -> str:
+    """A search snippet (escaped HTML, matches in <mark>) as plain text, escaped as message
+    text is. Only <mark> is markup there (the text itself is escaped), so no other tag is
+    stripped and only &amp; &lt; &gt; are unescaped (`&amp;` last: `&amp;lt;` is `&lt;`)."""
+    plain = snippet.replace("<mark>", "").replace("</mark>", "")
+    plain = plain.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return plain.translate(_ESCAPES)
+
+
+def format_result(result: SearchResult) -> str:
+    """One line: room, seq, local time, user, and the snippet as plain text."""
+    return (f"{result['room']} {result['seq']} {_local_time(result['ts'])} {result['user']}: "
+            f"{snippet_text(result['snippet'])}")
+
+
+def _print_line(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()  # a follower reads each line as it comes, through a pipe too
+
+
+def _print_message(message: Message, as_json: bool) -> None:
+    _print_line(orjson.dumps(message).decode() if as_json else format_message(message))
 
 
 # -- stdin ------------------------------------------------------------------------------------
@@ -224,20 +301,76 @@ def _read_all_stdin() -> str:
 async def tail(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await client.join(args.room, args.after)
-        async for message in client.messages():
-            _print_message(message, args.json)
+        if args.events:
+            async for event in client.events():
+                _print_line(orjson.dumps(event).decode() if args.json else format_event(event))
+        else:
+            async for message in client.messages():
+                _print_message(message, args.json)
     return EXIT_OK
+
+
+def _text_arg(args: argparse.Namespace, what: str) -> str:
+    """The TEXT argument, or stdin without its final newline for "-"; never empty."""
+    text = _read_all_stdin().rstrip("\r\n") if args.text == "-" else args.text
+    if not text:
+        raise UsageError(f"nothing to {what}: the text is empty"
+                         + (" (stdin was empty)" if args.text == "-" else ""))
+    return text
 
 
 async def send(args: argparse.Namespace) -> int:
     client = _client(args)
-    text = _read_all_stdin().rstrip("\r\n") if args.text == "-" else args.text
-    if not text:
-        raise UsageError("nothing to send: the text is empty"
-                         + (" (stdin was empty)" if args.text == "-" else ""))
+    text = _text_arg(args, "send")
     async with client:
-        ack = await client.send(args.room, text)
+        ack = await client.send(args.room, text, thread=args.thread)
     print(ack["seq"])
+    return EXIT_OK
+
+
+async def edit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    text = _text_arg(args, "edit")
+    async with client:
+        ack = await client.edit(args.room, args.seq, text)
+    print(ack["seq"])
+    return EXIT_OK
+
+
+async def delete(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        ack = await client.delete(args.room, args.seq)
+    print(ack["seq"])
+    return EXIT_OK
+
+
+async def react(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        ack = await client.react(args.room, args.seq, args.emoji, remove=args.remove)
+    if "seq" in ack:
+        print(ack["seq"])
+    else:  # the wanted state holds already: not an error
+        had = "no such reaction to remove" if args.remove else "that reaction already"
+        print(f"chat: nothing changed: you had {had}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def search(args: argparse.Namespace) -> int:
+    client = _client(args)
+    results: list[SearchResult] = []
+    cursor: str | None = None
+    try:
+        while len(results) < args.limit:  # ranked pages, following `next`
+            page = await client.search(args.query, room=args.room, before=cursor,
+                                       limit=min(args.limit - len(results), SEARCH_PAGE))
+            results += page["results"]
+            cursor = page["next"]
+            if cursor is None or not page["results"]:
+                break
+    finally:
+        await client.close()
+    for result in results:
+        _print_line(orjson.dumps(result).decode() if args.json else format_result(result))
     return EXIT_OK
 
 
@@ -276,7 +409,8 @@ async def history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"tail": tail, "send": send, "stream": stream, "history": history}
+COMMANDS = {"tail": tail, "send": send, "stream": stream, "history": history, "edit": edit,
+            "delete": delete, "react": react, "search": search}
 
 
 # -- errors and exit status ----------------------------------------------------------------

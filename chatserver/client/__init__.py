@@ -1,11 +1,13 @@
 """An asyncio client for chatserver: connect, join, send, stream and read messages across
-reconnects; read history over HTTP.
+reconnects; edit, delete, react, mark read; follow edits, deletions and reactions with
+`events()`; read history and search over HTTP.
 
 The client survives real networks: when the connection drops (server restart, a killed
 instance, 1001 or 1013) it reconnects with exponential backoff and full jitter — to the next
 URL when several are given — and re-joins every room with `after` = the last seq it delivered,
-so `messages()` yields each room's messages once, in seq order, without a gap (a resume the
-server truncates at `replay_max` is completed from history before live messages go on).
+so `messages()` yields each room's messages once, in seq order, without a gap — or, for a
+client that uses `events()` instead, every message, edit, deletion and reaction (a resume the
+server truncates at `replay_max` is completed by re-joining where its replay stopped).
 
     async with ChatClient("ws://127.0.0.1:8080/ws", token) as chat:
         await chat.join("general")
@@ -20,8 +22,9 @@ meets it ends the client (pending requests and `messages()` raise it).
 Requests in flight when a connection drops fail with `ConnectionLost`; a `send` that failed
 that way may or may not have been stored (its ack was lost) — check history before resending.
 
-The package: `core` (ChatClient), `stream` (Stream), `frames` (typed results), `errors`,
-`backoff` (reconnect timing, pure), `urls` (pure), `http` (the REST side).
+The package: `core` (ChatClient), `iterators` (messages(), events()), `stream` (Stream),
+`frames` (typed results), `errors`, `backoff` (reconnect timing, pure), `urls` (pure), `http`
+(the REST side).
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ from .backoff import (
     reconnect_delay,
 )
 from .backoff import _retry_after as _retry_after
-from .core import HISTORY_PAGE_MAX, MESSAGE_QUEUE_MAX, ChatClient
-from .core import _MessageIterator as _MessageIterator
+from .core import HISTORY_PAGE_MAX, MESSAGE_QUEUE_MAX, SEARCH_LIMIT, ChatClient
 from .core import log as log
 from .errors import _SERVER_ERRORS as _SERVER_ERRORS
 from .errors import (
@@ -53,7 +55,23 @@ from .errors import (
     Unreachable,
     server_error,
 )
-from .frames import Ack, HistoryPage, Joined, Message
+from .frames import (
+    Ack,
+    Deleted,
+    Edited,
+    Event,
+    EventAck,
+    FileInfo,
+    HistoryPage,
+    Joined,
+    Message,
+    Reaction,
+    ReactionAck,
+    Reactions,
+    SearchPage,
+    SearchResult,
+)
+from .iterators import _MessageIterator as _MessageIterator
 from .stream import STREAM_GIVE_UP_TIMEOUT, Stream
 from .urls import http_url, websocket_url
 
@@ -63,6 +81,7 @@ __all__ = [
     "BACKOFF_CAP",
     "HISTORY_PAGE_MAX",
     "MESSAGE_QUEUE_MAX",
+    "SEARCH_LIMIT",
     "SPREAD_CLOSE_CODES",
     "STREAM_GIVE_UP_TIMEOUT",
     "Ack",
@@ -70,6 +89,11 @@ __all__ = [
     "ChatClient",
     "ChatClientError",
     "ConnectionLost",
+    "Deleted",
+    "Edited",
+    "Event",
+    "EventAck",
+    "FileInfo",
     "Forbidden",
     "HistoryPage",
     "Joined",
@@ -77,8 +101,13 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RateLimited",
+    "Reaction",
+    "ReactionAck",
+    "Reactions",
     "RequestTimeout",
     "RetryLater",
+    "SearchPage",
+    "SearchResult",
     "ServerError",
     "Stream",
     "TooLarge",

@@ -1,5 +1,6 @@
 """`ChatClient`: one connection to chatserver that survives reconnects — requests and their
-replies, re-joining rooms with `after`, and delivering each room's messages once, in order."""
+replies, re-joining rooms with `after`, and delivering each room's log (messages, edits,
+deletions, reactions) once, in order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -24,8 +25,9 @@ from .errors import (
     Unreachable,
     server_error,
 )
-from .frames import Ack, HistoryPage, Joined, Message
+from .frames import Ack, Event, EventAck, HistoryPage, Joined, Message, ReactionAck, SearchPage
 from .http import get_json
+from .iterators import EventIterator, MessageIterator
 from .stream import Stream
 from .urls import http_url, websocket_url
 
@@ -35,8 +37,9 @@ ROOM_LOG_OPS = frozenset({"message", "edited", "deleted", "reaction"})
 
 log = logging.getLogger("chatserver.client")  # the package's name, as before the split
 
-MESSAGE_QUEUE_MAX = 10_000
+MESSAGE_QUEUE_MAX = 10_000  # room-log frames held for `messages()` / `events()`
 HISTORY_PAGE_MAX = 200  # the server's largest history page
+SEARCH_LIMIT = 20  # the server's default search page (at most 50)
 
 
 class ChatClient:
@@ -67,8 +70,13 @@ class ChatClient:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[str, Stream] = {}  # delta ref -> stream, to route delta errors
         self._rooms: dict[str, int] = {}  # room -> last seq delivered to the caller
-        self._catching_up: dict[str, list[dict[str, Any]]] = {}  # room -> live frames held
-        self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(MESSAGE_QUEUE_MAX)
+        # Rooms whose truncated resume is being completed: their live frames are dropped from
+        # the truncated `joined` until the `left` that precedes the re-join (which replays them).
+        self._skipping: set[str] = set()
+        # Room-log frames for the iterators; `_view` is the kind of the first one made (a
+        # client reads its rooms through `messages()` or `events()`, not both).
+        self._log: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(MESSAGE_QUEUE_MAX)
+        self._view: Literal["messages", "events"] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ready = asyncio.Event()  # connected, failed for good, or closed
@@ -106,7 +114,8 @@ class ChatClient:
         self._runner = loop.create_task(self._run())
 
     async def close(self) -> None:
-        """Close the connection; `messages()` ends once it has yielded what it holds."""
+        """Close the connection; `messages()` / `events()` end once they have yielded what
+        they hold."""
         self._closed = True
         tasks = [t for t in (self._runner, *self._tasks) if t is not None]
         for task in tasks:
@@ -117,7 +126,7 @@ class ChatClient:
         self._connected = False
         await self._close_session()
         self._fail_pending(ConnectionLost("the client is closed"))
-        self._end_messages()
+        self._end_log()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -142,8 +151,9 @@ class ChatClient:
         return reply
 
     async def join(self, room: str, after: int | None = None) -> Joined:
-        """Join a room; with `after`, missed messages come through `messages()` first (all
-        of them: a resume the server truncates is completed from history)."""
+        """Join a room; with `after`, missed messages (and events) come through `messages()`
+        (`events()`) first — all of them: a resume the server truncates is completed by
+        re-joining where its replay stopped."""
         frame: dict[str, Any] = {"op": "join", "room": room}
         if after is not None:
             frame["after"] = after
@@ -151,7 +161,7 @@ class ChatClient:
         self._rooms.setdefault(room, after if after is not None else joined["seq"])
         if joined.get("truncated"):
             # In the background: the caller may be the one who must drain `messages()`.
-            self._spawn(self._catch_up(room, joined["seq"]))
+            self._spawn(self._complete_resume(room))
         return joined
 
     async def leave(self, room: str) -> None:
@@ -166,6 +176,38 @@ class ChatClient:
         if thread is not None:
             frame["thread"] = thread
         return cast(Ack, await self.request(frame))
+
+    async def edit(self, room: str, seq: int, text: str) -> EventAck:
+        """Replace the text of message `seq` (your own; an admin's, anyone's). Returns once
+        the edit is durable: the ack's `seq` is the edit's own seq in the room's log,
+        `target` the message's. Raises `Forbidden` (someone else's message), `NotFound` (no
+        such message in the room, deleted, or a stream not yet ended), `TooLarge`."""
+        return cast(EventAck, await self.request(
+            {"op": "edit", "room": room, "seq": seq, "text": text}))
+
+    async def delete(self, room: str, seq: int) -> EventAck:
+        """Delete message `seq` (your own; an admin's, anyone's): its text, reactions and
+        file are erased. Returns the ack once durable (`seq`: the deletion's, `target`: the
+        message's); raises as `edit` does."""
+        return cast(EventAck, await self.request({"op": "delete", "room": room, "seq": seq}))
+
+    async def react(self, room: str, seq: int, emoji: str, *, remove: bool = False
+                    ) -> ReactionAck:
+        """Add your reaction `emoji` (one emoji, or a `:short_name:`) to message `seq`, or
+        with `remove` take it back. The ack's `changed` is False when there was nothing to
+        do (you had that reaction already, or had none to remove): then nothing is stored
+        and the ack has no `seq`. A bad emoji raises `ServerError` `bad_request`."""
+        frame: dict[str, Any] = {"op": "react", "room": room, "seq": seq, "emoji": emoji}
+        if remove:
+            frame["remove"] = True
+        return cast(ReactionAck, await self.request(frame))
+
+    async def read(self, room: str, seq: int) -> int:
+        """Mark `room` read up to `seq` (for the user, on every device); returns the read
+        position now. It only moves forward and is clamped to the room's latest seq, so the
+        answer may differ from `seq`."""
+        reply = await self.request({"op": "read", "room": room, "seq": seq})
+        return int(reply["seq"])
 
     async def ping(self) -> float:
         """Application round trip through the server's send queue, in seconds."""
@@ -214,17 +256,56 @@ class ChatClient:
 
         Waiting on it with a timeout (`asyncio.wait_for(anext(it), 5)`) is safe: a wait that
         times out takes nothing, and the iterator goes on. (An async generator would be
-        closed by that cancellation and end for good.)"""
-        return _MessageIterator(self)
+        closed by that cancellation and end for good.)
+
+        A client reads its rooms through `messages()` or `events()`, not both: once one has
+        been called, calling the other raises `ChatClientError` (code `iterator_conflict`).
+        Several iterators of one kind share the frames (each goes to one of them)."""
+        self._choose_view("messages")
+        return MessageIterator(self)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every frame of joined rooms' logs — `message`, `edited`, `deleted`, `reaction` —
+        once each, in seq order per room, live and replayed alike (a resume delivers the
+        events missed too, with no gap or duplicate); `op` tells them apart. Everything
+        `messages()` says holds, including that a client uses one of the two (the first
+        called); the MESSAGE_QUEUE_MAX bound counts events here."""
+        self._choose_view("events")
+        return EventIterator(self)
+
+    def _choose_view(self, view: Literal["messages", "events"]) -> None:
+        if self._view is None:
+            self._view = view
+        elif self._view != view:
+            raise ChatClientError(
+                f"this client's rooms are read through {self._view}(); a client uses "
+                f"messages() or events(), not both (events() yields the messages too)",
+                code="iterator_conflict")
 
     async def history(self, room: str, *, before: int | None = None, after: int | None = None,
-                      limit: int | None = None) -> HistoryPage:
+                      limit: int | None = None, thread: int | None = None) -> HistoryPage:
         """One page of `room`'s history over HTTP (`GET /api/rooms/{room}/messages`); needs
-        no `connect()`. `before` pages back from a seq, `after` forward; default the latest."""
+        no `connect()`. `before` pages back from a seq, `after` forward; default the latest.
+        With `thread` (a root's seq), that thread's replies."""
         params = {key: str(value) for key, value in
-                  (("before", before), ("after", after), ("limit", limit)) if value is not None}
+                  (("before", before), ("after", after), ("limit", limit), ("thread", thread))
+                  if value is not None}
         return cast(HistoryPage, await self._http_get(
             f"/api/rooms/{quote(room, safe='')}/messages", params))
+
+    async def search(self, query: str, *, room: str | None = None, before: str | None = None,
+                     limit: int = SEARCH_LIMIT) -> SearchPage:
+        """One page of full-text search results over HTTP (`GET /api/search`), in the rooms
+        the user may read (with `room`, that room only); needs no `connect()`. Pass a page's
+        `next` as `before` for the next one; `limit` is 1–50. A query the server cannot use
+        (no letter or digit, too long, a prefix shorter than 3) raises `ServerError`
+        `bad_request` with the reason; an unreadable `room` `NotFound` / `Forbidden`."""
+        params = {"q": query, "limit": str(limit)}
+        if room is not None:
+            params["room"] = room
+        if before is not None:
+            params["before"] = before
+        return cast(SearchPage, await self._http_get("/api/search", params))
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -314,7 +395,7 @@ class ChatClient:
             rejoin.cancel()
             self._connected = False
             self._ready.clear()
-            self._catching_up.clear()  # the next re-join resumes from the last delivered seq
+            self._skipping.clear()  # the next re-join resumes from the last delivered seq
             self._fail_pending(ConnectionLost(f"connection closed ({code})"))
             if self._closed:
                 return
@@ -326,7 +407,7 @@ class ChatClient:
                 log.warning("giving up reconnecting: %s", exc)
                 self._failure = exc
                 self._ready.set()
-                self._end_messages()
+                self._end_log()
                 return
 
     async def _wait_connected(self) -> aiohttp.ClientWebSocketResponse:
@@ -351,32 +432,31 @@ class ChatClient:
                 log.info("re-joining %s failed: %s", room, exc)
                 return
             if joined.get("truncated"):
-                await self._catch_up(room, int(joined["seq"]))
+                await self._complete_resume(room)
 
-    async def _catch_up(self, room: str, until: int) -> None:
-        """Page a truncated resume forward from history while live frames of the room wait
-        (set aside by `_dispatch` on the `joined`), then release them: no gap, no duplicate."""
-        held = self._catching_up.setdefault(room, [])
+    async def _complete_resume(self, room: str) -> None:
+        """Complete a truncated resume. The server replayed `replay_max` frames of the room's
+        log and went live past the rest; history would give the messages missed but not the
+        edits, deletions and reactions, so leave and re-join after the last frame received,
+        until a join is not truncated. `_dispatch` drops the room's live frames from the
+        truncated `joined` until the `left` (the re-join replays them), and a connection
+        handles frames in order, so every frame comes once, in seq order."""
         try:
-            while self._rooms.get(room, 0) < until:
-                page = await self.request({"op": "history", "room": room,
-                                           "after": self._rooms.get(room, 0),
-                                           "limit": HISTORY_PAGE_MAX})
-                for message in page["messages"]:
-                    await self._accept(message)
-                if not page["more"] or not page["messages"]:
-                    break
-            if room in self._rooms:  # not left meanwhile
-                # History holds messages only, with the events up to `until` folded in: the
-                # resume point passes those events too, or the next resume replays them.
-                self._rooms[room] = max(self._rooms[room], until)
-            while held:  # nothing new is held between this check and the release below
-                await self._accept(held.pop(0))
+            while room in self._rooms:
+                await self.request({"op": "leave", "room": room})
+                after = self._rooms.get(room)
+                if after is None:
+                    return  # left by the caller meanwhile
+                joined = await self.request({"op": "join", "room": room, "after": after})
+                if room not in self._rooms:  # left by the caller while re-joining
+                    await self.request({"op": "leave", "room": room})
+                    return
+                if not joined.get("truncated"):
+                    return
         except ChatClientError as exc:
+            # A lost connection resumes from the last frame received; a refusal is logged
+            # like a failed re-join.
             log.warning("completing the resume of %s failed: %s", room, exc)
-        finally:
-            if self._catching_up.get(room) is held:
-                del self._catching_up[room]
 
     async def _read(self) -> int | None:
         ws = self._ws
@@ -386,10 +466,7 @@ class ChatClient:
                 break
             frame = orjson.loads(msg.data)
             if frame.get("op") in ROOM_LOG_OPS:
-                held = self._catching_up.get(frame["room"])
-                if held is not None:
-                    held.append(frame)
-                else:
+                if frame["room"] not in self._skipping:
                     await self._accept(frame)
             else:
                 self._dispatch(frame)
@@ -401,17 +478,21 @@ class ChatClient:
         if last is not None and seq <= last:
             return  # already delivered before a reconnect
         self._rooms[room] = seq
-        if frame["op"] != "message":
-            return  # an edit, deletion or reaction: it moves the resume point, and history
-            #         shows its effect; `messages()` yields messages only
+        if frame["op"] != "message" and self._view == "messages":
+            return  # an edit, deletion or reaction moves the resume point, and history shows
+            #         its effect; `messages()` yields messages only (it skips those queued
+            #         before it was chosen)
         # Waiting here stops reading the socket: back-pressure instead of an unbounded queue.
-        await self._messages.put(frame)
+        await self._log.put(frame)
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         op = frame.get("op")
         if op == "joined" and frame.get("truncated"):
-            # Set aside live frames from now on, before the joiner's coroutine even resumes.
-            self._catching_up.setdefault(frame["room"], [])
+            # Drop live frames from now on, before the joiner's coroutine even resumes: the
+            # re-join that completes the resume replays them (`_complete_resume`).
+            self._skipping.add(frame["room"])
+        elif op == "left":
+            self._skipping.discard(frame["room"])  # the room's next frames are the re-join's
         ref = frame.get("ref")
         if ref is None:
             return
@@ -427,9 +508,9 @@ class ChatClient:
                 future.set_exception(error)
         self._pending.clear()
 
-    def _end_messages(self) -> None:
-        if self._messages.empty():
-            self._messages.put_nowait(None)  # wakes a waiting iterator to see the end
+    def _end_log(self) -> None:
+        if self._log.empty():
+            self._log.put_nowait(None)  # wakes a waiting iterator to see the end
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -443,26 +524,3 @@ class ChatClient:
             raise ConnectionLost("the connection dropped mid-stream; the server keeps the "
                                  "text so far as a message marked aborted")
         return self._ws
-
-
-class _MessageIterator:
-    """An endless async iterator over the client's messages; a cancelled `__anext__` loses
-    no item. `None` in the queue only wakes a waiter to look at the client's end."""
-
-    def __init__(self, client: ChatClient) -> None:
-        self._client = client
-
-    def __aiter__(self) -> _MessageIterator:
-        return self
-
-    async def __anext__(self) -> Message:
-        client, queue = self._client, self._client._messages
-        while True:
-            if queue.empty() and (client._closed or client._failure is not None):
-                queue.put_nowait(None)  # so every other waiting iterator wakes too
-                if client._failure is not None:
-                    raise client._failure
-                raise StopAsyncIteration
-            item = await queue.get()
-            if item is not None:
-                return cast(Message, item)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -374,6 +375,13 @@ async def test_requests_fail_with_connection_lost_and_messages_end_on_close(chat
         await client.send("general", "after close")
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
 def _drop(chat: Chat, client: ChatClient) -> None:
     """Close the client's connection from the server's side, as a restart would (1001)."""
     for session in chat.ctx.connections:
@@ -426,7 +434,7 @@ async def test_the_resume_point_follows_edits_deletions_and_reactions(chat: Chat
 
 async def test_a_truncated_resume_moves_the_resume_point_past_trailing_events(
         make_chat: ChatFactory) -> None:
-    """A truncated resume completed from history (messages only) still moves the resume
+    """A truncated resume, completed by re-joining where the replay stopped, moves the resume
     point past the events after the last message, so the next resume replays none of them."""
     chat = await make_chat(replay_max=2)
     alice, bob = await chat.user("alice"), await chat.user("bob")
@@ -440,7 +448,9 @@ async def test_a_truncated_resume_moves_the_resume_point_past_trailing_events(
     async with ChatClient(str(chat.client.make_url("/ws")), alice, **away) as client:
         assert (await client.join("general", after=0)).get("truncated") is True
         assert [m["text"] for m in await _next_messages(client, 1)] == ["plan"]
-        await client.ping()  # the resume has been completed from history
+        # Two frames replayed by the join, the other two by the client's re-join after 2.
+        await _until(lambda: chat.ctx.hub.replayed == 4)
+        await client.ping()  # the client has read them
         replayed = chat.ctx.hub.replayed
         _drop(chat, client)
         later = await writer.say("general", "later")

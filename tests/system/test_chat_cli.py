@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.conftest import WsClient
 from tests.system.daemon import Daemon, connect, free_port, to_thread
 
 pytestmark = pytest.mark.system
@@ -63,7 +65,7 @@ def test_send_prints_the_seq_and_history_prints_the_messages(shared: tuple[Daemo
     env = chat_env(daemon, token)
     first = run_chat("send", "general", "hello **all**", env=env)
     assert first.returncode == 0 and first.stderr == "", first
-    piped = run_chat("--url", daemon.base_url, "send", "general", "-", "--token", token,
+    piped = run_chat("--url", daemon.base_url, "send", "general", "-", f"--token={token}",
                      stdin="two\nlines\n")
     assert piped.returncode == 0, piped.stderr
     assert int(piped.stdout) == int(first.stdout) + 1
@@ -130,6 +132,158 @@ async def test_stream_sends_a_growing_pipe_as_one_message(shared: tuple[Daemon, 
             assert final["stream"] == stream and final["text"] == stored
             assert seen.rstrip("\n") == stored and int(out) == final["seq"]
         await reader.close()
+
+
+def test_send_in_a_thread_edit_react_and_delete(shared: tuple[Daemon, str]) -> None:
+    """`send --thread` replies in a thread; `edit` (TEXT or stdin), `react` and `delete`
+    print the seq of the event they stored; a `react` that changes nothing prints no seq,
+    says so on stderr and exits 0. History shows the result."""
+    daemon, token = shared
+    env = chat_env(daemon, token)
+    root = int(run_chat("send", "general", "question", env=env).stdout)
+    answered = run_chat("send", "general", "answer", "--thread", str(root), env=env)
+    assert answered.returncode == 0, answered.stderr
+    answer = int(answered.stdout)
+    edited = run_chat("edit", "general", str(root), "question v2", env=env)
+    assert edited.returncode == 0 and int(edited.stdout) == answer + 1, edited
+    piped = run_chat("edit", "general", str(root), "-", stdin="question v3\n", env=env)
+    assert piped.returncode == 0 and int(piped.stdout) == answer + 2, piped
+    reacted = run_chat("react", "general", str(root), "✅", env=env)
+    assert reacted.returncode == 0 and int(reacted.stdout) == answer + 3, reacted
+    again = run_chat("react", "general", str(root), "✅", env=env)
+    assert (again.returncode, again.stdout) == (0, "") and "nothing changed" in again.stderr
+    removed = run_chat("react", "general", str(root), "✅", "--remove", env=env)
+    assert removed.returncode == 0 and int(removed.stdout) == answer + 4, removed
+    assert run_chat("react", "general", str(root), ":rocket:", env=env).returncode == 0
+    deleted = run_chat("delete", "general", str(answer), env=env)
+    assert deleted.returncode == 0 and int(deleted.stdout) == answer + 6, deleted
+    listed = run_chat("history", "general", "--json", "--limit", "2", env=env)
+    question, reply = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert (question["seq"], question["text"], question["replies"]) == (root, "question v3", 1)
+    assert [r["emoji"] for r in question["reactions"]] == [":rocket:"]
+    assert (reply["seq"], reply["thread"], reply["deleted"]) == (answer, root, True)
+
+
+def test_edit_delete_and_react_errors_exit_1_or_2(shared: tuple[Daemon, str]) -> None:
+    """Someone else's message, an unknown seq, a bad emoji and an unknown thread root exit 1
+    with one line naming the server's code; a seq that is not a positive number and an empty
+    text are usage errors (2)."""
+    daemon, token = shared
+    env = chat_env(daemon, token)
+    theirs = int(run_chat("send", "general", "bob's", env=chat_env(
+        daemon, daemon.add_user("bob"))).stdout)
+    for args, code in ((("edit", "general", str(theirs), "mine now"), "forbidden"),
+                       (("delete", "general", str(theirs)), "forbidden"),
+                       (("edit", "general", "99999", "x"), "not_found"),
+                       (("react", "general", str(theirs), "ok"), "bad_request"),
+                       (("send", "general", "x", "--thread", "99999"), "not_found")):
+        failed = run_chat(*args, env=env)
+        assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, (args, failed)
+        assert failed.stderr.startswith(f"chat: {code}: "), (args, failed.stderr)
+    for args, stdin in ((("edit", "general", "0", "x"), ""), (("delete", "general", "x"), ""),
+                        (("edit", "general", str(theirs), "-"), "\n")):
+        usage = run_chat(*args, stdin=stdin, env=env)
+        assert usage.returncode == 2 and "Traceback" not in usage.stderr, (args, usage)
+
+
+async def _say_all(writer: WsClient, room: str, texts: list[str]) -> list[int]:
+    """Send each text, waiting out the server's rate limit (10/s, burst 30) when it says so."""
+    seqs = []
+    for text in texts:
+        while True:
+            reply = await writer.request({"op": "send", "room": room, "text": text}, "ack")
+            if reply["op"] == "ack":
+                seqs.append(reply["seq"])
+                break
+            assert reply["code"] == "rate_limited", reply
+            await asyncio.sleep(reply.get("retry_after", 0.1))
+    return seqs
+
+
+async def test_search_prints_plain_snippets_pages_past_50_and_names_errors(
+        shared: tuple[Daemon, str]) -> None:
+    """`chat search` prints one line per hit (room, seq, local time, user, the snippet as
+    plain text: no <mark>, entities unescaped, control characters escaped) or the results as
+    JSON lines; `--limit` past the server's 50 follows `next`; a bad query and a missing room
+    exit 1 naming the code."""
+    daemon, _ = shared
+    token = daemon.add_user("searcher")
+    env = chat_env(daemon, token)
+    async with daemon.http_session() as http:
+        writer = await connect(http, daemon, token)
+        [odd] = await _say_all(writer, "general", ["a <b>zebra</b> & co\nnext \x1b[31mline"])
+        bulk = await _say_all(writer, "general", [f"quagga number {i}" for i in range(53)])
+        await writer.close()
+    found = run_chat("search", "zebra", env=env)
+    assert found.returncode == 0, found.stderr
+    [line] = found.stdout.splitlines()
+    assert re.fullmatch(rf"general {odd} \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d searcher: "
+                        r"a <b>zebra</b> & co\\nnext \\x1b\[31mline", line), line
+    [hit] = [orjson.loads(line) for line in run_chat(
+        "search", "zebra", "--room", "general", "--json", env=env).stdout.splitlines()]
+    assert (hit["room"], hit["seq"], hit["thread"], hit["user"]) == (
+        "general", odd, None, "searcher")
+    assert "<mark>zebra</mark>" in hit["snippet"] and "&amp;" in hit["snippet"]
+    many = run_chat("search", "quagga", "--limit", "60", "--json", env=env)
+    assert many.returncode == 0, many.stderr
+    assert sorted(orjson.loads(line)["seq"] for line in many.stdout.splitlines()) == bulk
+    assert len(run_chat("search", "quagga", "--limit", "52", env=env).stdout.splitlines()) == 52
+    assert len(run_chat("search", "quagga", env=env).stdout.splitlines()) == 20
+    assert run_chat("search", "zebra", "--room", "tail", env=env).stdout == ""
+    for args, code in ((("ab*",), "bad_request"), (("zebra", "--room", "nosuch"), "not_found")):
+        failed = run_chat("search", *args, env=env)
+        assert failed.returncode == 1 and failed.stderr.startswith(f"chat: {code}: "), failed
+
+
+async def test_tail_events_prints_edits_deletions_and_reactions(shared: tuple[Daemon, str]
+                                                                 ) -> None:
+    """`chat tail --events` prints every frame of the room's log as one line starting with
+    its seq, events naming the message they change; with --json, each frame as sent (a
+    replay shows messages and edits as they are now)."""
+    daemon, token = shared
+    await to_thread(daemon.cli_ok, "room", "create", "events")
+    env = {**os.environ, **chat_env(daemon, token)}
+    proc = await asyncio.create_subprocess_exec(
+        CHAT, "tail", "events", "--events", "--after", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with daemon.http_session() as http:
+            writer = await connect(http, daemon, token)
+            await writer.say("events", "ready")
+            assert (await _line(proc)).endswith(" alice: ready\n")  # tail is live now
+            first = (await writer.say("events", "status: \x1b[2Jbuilding"))["seq"]
+            for frame in ({"op": "edit", "seq": first, "text": "status: done"},
+                          {"op": "react", "seq": first, "emoji": "✅"},
+                          {"op": "react", "seq": first, "emoji": "✅", "remove": True},
+                          {"op": "delete", "seq": first}):
+                await writer.request({**frame, "room": "events"}, "ack")
+            lines = [(await _line(proc)).rstrip("\n") for _ in range(5)]
+            await writer.close()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), LINE_TIMEOUT)
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    patterns = [rf"#{first} {when} alice: status: \\x1b\[2Jbuilding",
+                rf"#{first + 1} {when} alice edited #{first}: status: done",
+                rf"#{first + 2} alice reacted ✅ to #{first}",
+                rf"#{first + 3} alice removed ✅ from #{first}",
+                rf"#{first + 4} alice deleted #{first}"]
+    for pattern, line in zip(patterns, lines, strict=True):
+        assert re.fullmatch(pattern, line), (pattern, line)
+    assert proc.returncode == 130 and b"Traceback" not in err, err
+    replayed = await asyncio.create_subprocess_exec(
+        CHAT, "tail", "events", "--events", "--after", "0", "--json", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        frames = [orjson.loads(await _line(replayed)) for _ in range(6)][1:]
+    finally:
+        replayed.send_signal(signal.SIGINT)
+        await asyncio.wait_for(replayed.communicate(), LINE_TIMEOUT)
+    assert [(f["op"], f["seq"]) for f in frames] == [
+        ("message", first), ("edited", first + 1), ("reaction", first + 2),
+        ("reaction", first + 3), ("deleted", first + 4)]
+    assert frames[0]["deleted"] is True and frames[1]["text"] == "" and frames[2]["added"]
 
 
 async def test_tail_follows_across_a_restart_without_gap_or_duplicate(
