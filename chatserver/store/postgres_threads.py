@@ -7,10 +7,10 @@ its threads on the connection (and in the round trips' order) that read the page
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from chatserver.store.base import StoredMessage, ThreadRoot, ThreadSummary
+from chatserver.store.base import StoredMessage, ThreadRoot
+from chatserver.store.threads_sql import attach_threads
 
 # One statement, so the page's thread columns and its roots' reply counts are one snapshot.
 # Kind 0 rows: the page's replies (seq, root). Kind 1 rows: the page's roots (root, count,
@@ -34,22 +34,8 @@ async def with_threads(
     `replies` filled in."""
     if not messages:
         return messages
-    threads: dict[int, int] = {}
-    summaries: dict[int, ThreadSummary] = {}
-    for kind, seq, value, last in await conn.fetch(
-        _PAGE_THREADS, room_id, messages[0].seq, messages[-1].seq
-    ):
-        if kind == 0:
-            threads[seq] = value
-        else:
-            summaries[seq] = ThreadSummary(count=value, last=last)
-    if not threads and not summaries:
-        return messages
-    return [
-        dataclasses.replace(m, thread=threads.get(m.seq), replies=summaries.get(m.seq))
-        if m.seq in threads or m.seq in summaries else m
-        for m in messages
-    ]
+    rows = await conn.fetch(_PAGE_THREADS, room_id, messages[0].seq, messages[-1].seq)
+    return attach_threads(messages, rows)
 
 
 async def thread_root(conn: Any, room_id: int, seq: int) -> ThreadRoot | None:

@@ -7,10 +7,10 @@ gets its threads in the same thread hop as the page itself.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 
-from chatserver.store.base import StoredMessage, ThreadRoot, ThreadSummary
+from chatserver.store.base import StoredMessage, ThreadRoot
+from chatserver.store.threads_sql import attach_threads
 
 # One statement, so the page's thread columns and its roots' reply counts are one snapshot.
 # Kind 0 rows: the page's replies (seq, root). Kind 1 rows: the page's roots (root, count,
@@ -32,20 +32,7 @@ def with_threads(
     if not messages:
         return messages
     params = {"room": room_id, "lo": messages[0].seq, "hi": messages[-1].seq}
-    threads: dict[int, int] = {}
-    summaries: dict[int, ThreadSummary] = {}
-    for kind, seq, value, last in conn.execute(_PAGE_THREADS, params).fetchall():
-        if kind == 0:
-            threads[seq] = value
-        else:
-            summaries[seq] = ThreadSummary(count=value, last=last)
-    if not threads and not summaries:
-        return messages
-    return [
-        dataclasses.replace(m, thread=threads.get(m.seq), replies=summaries.get(m.seq))
-        if m.seq in threads or m.seq in summaries else m
-        for m in messages
-    ]
+    return attach_threads(messages, conn.execute(_PAGE_THREADS, params).fetchall())
 
 
 def thread_root(conn: sqlite3.Connection, room_id: int, seq: int) -> ThreadRoot | None:
