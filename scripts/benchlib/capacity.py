@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .client import Recorder, WsClient
+from .client import Recorder, Refusals, WsClient
 from .fanout import (
     FanoutSpec,
     Members,
@@ -73,12 +73,13 @@ class Session:
         self.members = Members([], [], [])
         self.publisher: WsClient | None = None
         self.resets = 0
+        self.refusals = Refusals()  # over every (re)connect of the run
 
     async def open(self) -> None:
-        self.members = await connect_members(self.spec, [self.rec])
+        self.members = await connect_members(self.spec, [self.rec], refusals=self.refusals)
         if not self.members.clients:
             raise RuntimeError(f"no member connected: {self.members.errors[:3]}")
-        self.publisher = await connect_publisher(self.spec)
+        self.publisher = await connect_publisher(self.spec, self.refusals)
 
     async def reset(self) -> None:
         await self.close()
@@ -232,6 +233,7 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     result = summarize(spec, cap, session, rates, steps)
     result.update({"connect_s": round(connect_s, 3),
                    "connect_failed": len(session.members.errors),
-                   "connect_errors": session.members.errors[:5]})
+                   "connect_errors": session.members.errors[:5],
+                   "connect_refused": session.refusals.count})
     await session.close()
     return result

@@ -15,6 +15,7 @@ import json
 import socket
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import monotonic_ns
 from typing import Any, cast
 
@@ -70,6 +71,11 @@ class ServerClosed(ConnectionError):
         self.http_headers = http_headers or {}
 
 
+def _seen(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class WsClient(asyncio.Protocol):
     """One WebSocket connection. Counts `message` frames by seq; exposes control frames.
 
@@ -87,6 +93,9 @@ class WsClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.upgraded: asyncio.Future[None] = loop.create_future()
         self.hello: asyncio.Future[Frame] = loop.create_future()
+        # A refused upgrade fails `upgraded` first and nobody waits for `hello` after that:
+        # mark its exception as seen, or asyncio logs "Future exception was never retrieved".
+        self.hello.add_done_callback(_seen)
         self.is_upgraded = False  # a plain bool: cheaper than upgraded.done() on every read
         self.closed = False
         self.close_code: int | None = None
@@ -392,6 +401,44 @@ async def connect(
         proto.close()
         raise
     return proto
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The Retry-After of a refused upgrade, in seconds; None when there is none."""
+    if isinstance(exc, ServerClosed):
+        try:
+            return float(exc.http_headers.get("retry-after", ""))
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class Refusals:
+    """Upgrades the server refused with 503 that were tried again: a run that connected only
+    after its overload guard said "later" (a stall at start-up on a busy machine) says so."""
+
+    count: int = 0
+
+
+async def connect_admitted(
+    host: str, port: int, token: str | None, recorder: Recorder, timeout: float,
+    cls: type[WsClient] = WsClient, rcvbuf: int | None = None,
+    refusals: Refusals | None = None,
+) -> WsClient:
+    """`connect`, trying again after the Retry-After of a 503, as clients are told to, until
+    `timeout` has passed. Anything else that fails is raised at once."""
+    give_up_ns = monotonic_ns() + int(timeout * 1e9)
+    while True:
+        try:
+            return await connect(host, port, token, recorder, timeout, cls, rcvbuf)
+        except ServerClosed as exc:
+            wait = retry_after(exc) if exc.http_status == 503 else None
+            if wait is None or monotonic_ns() + int(wait * 1e9) >= give_up_ns:
+                raise
+            if refusals is not None:
+                refusals.count += 1
+            await asyncio.sleep(wait)
 
 
 async def _open(loop: asyncio.AbstractEventLoop, factory: Callable[[], WsClient], host: str,

@@ -17,11 +17,11 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic_ns
 from typing import Any
 
-from .client import MARK, NULL_RECORDER, Frame, Recorder, WsClient, connect
+from .client import MARK, NULL_RECORDER, Frame, Recorder, Refusals, WsClient, connect_admitted
 from .sioclient import SioClient
 from .stats import summarize_ns
 from .timing import Emit, cpu_during, emit_at, open_loop
@@ -116,6 +116,7 @@ class Members:
     clients: list[WsClient]
     groups: list[int]
     errors: list[str]
+    refusals: Refusals = field(default_factory=Refusals)  # 503s connected through later
 
     def of_group(self, group: int) -> list[WsClient]:
         return [c for c, g in zip(self.clients, self.groups, strict=True) if g == group]
@@ -130,12 +131,13 @@ MemberKind = Callable[[int], tuple[type[WsClient], int | None]]
 
 
 async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder, sem: asyncio.Semaphore,
-                          cls: type[WsClient], rcvbuf: int | None) -> WsClient:
+                          refusals: Refusals, cls: type[WsClient], rcvbuf: int | None
+                          ) -> WsClient:
     # A bounded number of handshakes in flight keeps the server's accept backlog from
     # overflowing, which would turn into 1 s SYN retransmits and a misleading connect time.
     async with sem:
-        client = await connect(spec.host, port, spec.token, rec, spec.connect_timeout,
-                               cls, rcvbuf)
+        client = await connect_admitted(spec.host, port, spec.token, rec,
+                                        spec.connect_timeout, cls, rcvbuf, refusals)
         try:
             await client.join(spec.room, spec.connect_timeout)
         except BaseException:
@@ -145,19 +147,22 @@ async def _connect_member(spec: FanoutSpec, port: int, rec: Recorder, sem: async
 
 
 async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder],
-                          kind: MemberKind | None = None) -> Members:
+                          kind: MemberKind | None = None,
+                          refusals: Refusals | None = None) -> Members:
     """Connect and join all members; member i uses port and Recorder i modulo their count,
-    and the client class `kind(i)` names (default: the spec's dialect)."""
+    and the client class `kind(i)` names (default: the spec's dialect). `refusals` counts
+    the 503s connected through (default: a new count)."""
     sem = asyncio.Semaphore(spec.connect_concurrency)
     ports = spec.member_ports or spec.ports
     n = len(ports)
     kinds = [kind(i) if kind else (spec.dialect, None) for i in range(spec.clients)]
+    refusals = refusals if refusals is not None else Refusals()
     results = await asyncio.gather(
-        *(_connect_member(spec, ports[i % n], recs[i % n], sem, *kinds[i])
+        *(_connect_member(spec, ports[i % n], recs[i % n], sem, refusals, *kinds[i])
           for i in range(spec.clients)),
         return_exceptions=True,
     )
-    members = Members([], [], [])
+    members = Members([], [], [], refusals)
     for i, r in enumerate(results):
         if isinstance(r, WsClient):
             members.clients.append(r)
@@ -167,9 +172,9 @@ async def connect_members(spec: FanoutSpec, recs: Sequence[Recorder],
     return members
 
 
-async def connect_publisher(spec: FanoutSpec) -> WsClient:
-    publisher = await connect(spec.host, spec.ports[0], spec.token, NULL_RECORDER,
-                              spec.connect_timeout, spec.dialect)
+async def connect_publisher(spec: FanoutSpec, refusals: Refusals | None = None) -> WsClient:
+    publisher = await connect_admitted(spec.host, spec.ports[0], spec.token, NULL_RECORDER,
+                                       spec.connect_timeout, spec.dialect, refusals=refusals)
     await publisher.join(spec.room, spec.connect_timeout)
     return publisher
 
@@ -305,7 +310,7 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     members = await connect_members(spec, recs)
     if not members.clients:
         raise RuntimeError(f"no member connected: {members.errors[:3]}")
-    publisher = await connect_publisher(spec)
+    publisher = await connect_publisher(spec, members.refusals)
     connect_s = time.monotonic() - t0
     emit("ready")
 
@@ -314,7 +319,8 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
                           members.clients, recs, emit)
     result = summarize(spec, members, pub, recs, phase)
     result.update({"connect_s": round(connect_s, 3), "connect_failed": len(members.errors),
-                   "connect_errors": members.errors[:5]})
+                   "connect_errors": members.errors[:5],
+                   "connect_refused": members.refusals.count})
     if len(spec.ports) > 1:  # several instances: figures per instance the members are on
         result["groups"] = group_figures(members, recs)
     await close_all([*members.clients, publisher])

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from . import markdown_gen
-from .client import NULL_RECORDER, Frame, WsClient, connect
+from .client import NULL_RECORDER, Frame, WsClient, connect_admitted
 from .stats import summarize_ns
 from .timing import Emit, cpu_during, emit_at
 
@@ -123,9 +123,10 @@ async def login_loop(session: aiohttp.ClientSession, url: str, body: dict[str, s
 async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     spec = PingSpec.from_dict(spec_dict)
     docs = markdown_gen.documents(32, spec.md_size)
-    pinger = Pinger(await connect(spec.host, spec.port, spec.token, NULL_RECORDER,
-                                  spec.connect_timeout))
-    senders = [await connect(spec.host, spec.port, spec.token, NULL_RECORDER, spec.connect_timeout)
+    pinger = Pinger(await connect_admitted(spec.host, spec.port, spec.token, NULL_RECORDER,
+                                           spec.connect_timeout))
+    senders = [await connect_admitted(spec.host, spec.port, spec.token, NULL_RECORDER,
+                                      spec.connect_timeout)
                for _ in range(spec.md_senders)]
     for s in senders:
         await s.join(spec.room, spec.connect_timeout)

@@ -261,6 +261,11 @@ def warnings(runs: dict[str, Run]) -> list[str]:
         if run.get("generator_cpu_pct", 0.0) > 85.0:
             out.append(f"\nWARNING: {label}: the generator used {run['generator_cpu_pct']:.0f}% "
                        "of its core: the results may measure the generator, not the server.")
+        if run.get("connect_refused"):
+            out.append(f"\nWARNING: {label}: the server refused {run['connect_refused']} "
+                       "upgrade(s) with 503 (its overload guard) before every client connected; "
+                       "they were tried again after Retry-After. The machine was busy at the "
+                       "start.")
     return out
 
 

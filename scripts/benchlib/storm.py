@@ -38,7 +38,14 @@ from typing import Any
 import aiohttp
 
 from . import promtext, restarter
-from .client import NULL_RECORDER, ServerClosed, WsClient, connect
+from .client import (
+    NULL_RECORDER,
+    ServerClosed,
+    WsClient,
+    connect,
+    connect_admitted,
+    retry_after,
+)
 from .fanout import Publisher, close_all
 from .stats import summarize_ns
 from .targets import member_token
@@ -156,15 +163,6 @@ def outcome_of(exc: BaseException) -> str:
     if isinstance(exc, ServerClosed):
         return "closed before upgrade"
     return type(exc).__name__
-
-
-def retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, ServerClosed):
-        try:
-            return float(exc.http_headers.get("retry-after", ""))
-        except ValueError:
-            return None
-    return None
 
 
 async def attempt(spec: StormSpec, member: Member, after: int | None) -> float | None:
@@ -338,7 +336,8 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
         raise RuntimeError(f"no member connected: {[m.last_outcome for m in members[:3]]}")
     initial = sum((m.attempts for m in members), Counter[str]())
     connect_s = time.monotonic() - t0
-    first = await connect(spec.host, spec.port, spec.token, NULL_RECORDER, spec.connect_timeout)
+    first = await connect_admitted(spec.host, spec.port, spec.token, NULL_RECORDER,
+                                   spec.connect_timeout)
     pub_before = await publish(first, spec, "a", MESSAGES_BEFORE)
     got_before = await wait_received(joined, pub_before.acked_seqs, spec.connect_timeout)
     emit("ready")

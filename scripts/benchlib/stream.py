@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from time import monotonic_ns
 from typing import Any
 
-from .client import NULL_RECORDER, Frame, Recorder, WsClient, connect
+from .client import NULL_RECORDER, Frame, Recorder, WsClient, connect_admitted
 from .fanout import FanoutSpec, close_all, connect_members
 from .stats import summarize_ns
 from .timing import Emit, cpu_during, emit_at, open_loop
@@ -242,8 +242,9 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
     readers = [c for c in members.clients if isinstance(c, StreamReader)]
     if not readers:
         raise RuntimeError(f"no reader connected: {members.errors[:3]}")
-    streamer = Streamer(await connect(spec.host, spec.port, spec.token, NULL_RECORDER,
-                                      spec.connect_timeout), spec.room)
+    streamer = Streamer(await connect_admitted(spec.host, spec.port, spec.token, NULL_RECORDER,
+                                               spec.connect_timeout, refusals=members.refusals),
+                        spec.room)
     for reader in readers:
         reader.sent_ns = streamer.sent_ns
     connect_s = time.monotonic() - t0
@@ -274,6 +275,7 @@ async def run(spec_dict: dict[str, Any], emit: Emit) -> dict[str, Any]:
         "connected": len(readers),
         "connect_failed": len(members.errors),
         "connect_errors": members.errors[:5],
+        "connect_refused": members.refusals.count,
         "connect_s": round(connect_s, 3),
         "throttled": len(slow_readers),
         "throttle_rate_bytes_per_s": spec.throttle_rate,

@@ -57,7 +57,7 @@ def bench(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, An
 def assert_fanout_clean(label: str, run: dict[str, Any], clients: int = 20) -> None:
     assert RUN_KEYS <= run.keys(), f"{label}: missing {RUN_KEYS - run.keys()}"
     assert LATENCY_KEYS <= run["latency_ms"].keys()
-    assert run["connected"] == clients
+    assert run["connected"] == clients, (label, run.get("connect_errors"))
     assert run["acked"] == run["sent"] > 0
     assert run["lost"] == run["duplicates"] == run["out_of_order"] == 0
     assert run["expected_deliveries"] == clients * run["acked"]
