@@ -33,7 +33,23 @@ def run_chat(*args: str, stdin: str = "", env: dict[str, str] | None = None
 
 
 def chat_env(daemon: Daemon, token: str) -> dict[str, str]:
-    return {"CHAT_URL": daemon.base_url, "CHAT_TOKEN": token}
+    # faulthandler: a chat that does not exit is sent SIGABRT and prints every thread's stack
+    return {"CHAT_URL": daemon.base_url, "CHAT_TOKEN": token, "PYTHONFAULTHANDLER": "1"}
+
+
+async def _interrupt(proc: asyncio.subprocess.Process) -> bytes:
+    """Ctrl-C a running `chat`; returns its stderr once it exited. One that is still running
+    after LINE_TIMEOUT fails the test with its threads' stacks (faulthandler, on SIGABRT)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), LINE_TIMEOUT)
+    except TimeoutError:
+        proc.send_signal(signal.SIGABRT)
+        _, err = await asyncio.wait_for(proc.communicate(), LINE_TIMEOUT)
+        pytest.fail(f"chat did not exit {LINE_TIMEOUT:g} s after SIGINT:\n"
+                    + err.decode(errors="replace"))
+    return err
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +276,7 @@ async def test_tail_events_prints_edits_deletions_and_reactions(shared: tuple[Da
             lines = [(await _line(proc)).rstrip("\n") for _ in range(5)]
             await writer.close()
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), LINE_TIMEOUT)
+        err = await _interrupt(proc)
     when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     patterns = [rf"#{first} {when} alice: status: \\x1b\[2Jbuilding",
                 rf"#{first + 1} {when} alice edited #{first}: status: done",
@@ -278,8 +292,7 @@ async def test_tail_events_prints_edits_deletions_and_reactions(shared: tuple[Da
     try:
         frames = [orjson.loads(await _line(replayed)) for _ in range(6)][1:]
     finally:
-        replayed.send_signal(signal.SIGINT)
-        await asyncio.wait_for(replayed.communicate(), LINE_TIMEOUT)
+        await _interrupt(replayed)
     assert [(f["op"], f["seq"]) for f in frames] == [
         ("message", first), ("edited", first + 1), ("reaction", first + 2),
         ("reaction", first + 3), ("deleted", first + 4)]
@@ -313,9 +326,7 @@ async def test_tail_follows_across_a_restart_without_gap_or_duplicate(
             printed.append(orjson.loads(await _line(proc)))
             await writer.close()
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), LINE_TIMEOUT)
+        err = await _interrupt(proc)
     assert [(m["seq"], m["text"]) for m in printed] == list(
         enumerate(["one", "two", "three", "four", "five"], start=1))
     assert proc.returncode == 130 and b"Traceback" not in err, err
