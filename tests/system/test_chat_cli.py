@@ -37,6 +37,21 @@ def chat_env(daemon: Daemon, token: str) -> dict[str, str]:
     return {"CHAT_URL": daemon.base_url, "CHAT_TOKEN": token, "PYTHONFAULTHANDLER": "1"}
 
 
+def _as_from_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then leaves Ctrl-C
+    # ignored too (POSIX: `chat tail &` must survive the terminal's ^C). A test suite started
+    # that way would pass the ignoring on to chat; a user's terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def spawn_chat(*args: str, env: dict[str, str], stdin: int | None = None
+                     ) -> asyncio.subprocess.Process:
+    """`chat ARGS` running as from a terminal, its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        CHAT, *args, env=env, stdin=stdin, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=_as_from_a_terminal)
+
+
 async def _interrupt(proc: asyncio.subprocess.Process) -> bytes:
     """Ctrl-C a running `chat`; returns its stderr once it exited. One that is still running
     after LINE_TIMEOUT fails the test with its threads' stacks (faulthandler, on SIGABRT)."""
@@ -127,10 +142,9 @@ async def test_stream_sends_a_growing_pipe_as_one_message(shared: tuple[Daemon, 
         for flags, pieces, stored in (
                 ((), ["line one\n", "line two\n"], "line one\nline two"),
                 (("--chunk",), ["par", "tial\n"], "partial")):
-            proc = await asyncio.create_subprocess_exec(
-                CHAT, "stream", "general", *flags, env={**os.environ, **chat_env(daemon, token)},
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+            proc = await spawn_chat("stream", "general", *flags,
+                                    env={**os.environ, **chat_env(daemon, token)},
+                                    stdin=asyncio.subprocess.PIPE)
             assert proc.stdin is not None
             stream = (await reader.recv_op("stream_start", LINE_TIMEOUT))["stream"]
             seen = ""
@@ -259,9 +273,7 @@ async def test_tail_events_prints_edits_deletions_and_reactions(shared: tuple[Da
     daemon, token = shared
     await to_thread(daemon.cli_ok, "room", "create", "events")
     env = {**os.environ, **chat_env(daemon, token)}
-    proc = await asyncio.create_subprocess_exec(
-        CHAT, "tail", "events", "--events", "--after", "0", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await spawn_chat("tail", "events", "--events", "--after", "0", env=env)
     try:
         async with daemon.http_session() as http:
             writer = await connect(http, daemon, token)
@@ -286,9 +298,8 @@ async def test_tail_events_prints_edits_deletions_and_reactions(shared: tuple[Da
     for pattern, line in zip(patterns, lines, strict=True):
         assert re.fullmatch(pattern, line), (pattern, line)
     assert proc.returncode == 130 and b"Traceback" not in err, err
-    replayed = await asyncio.create_subprocess_exec(
-        CHAT, "tail", "events", "--events", "--after", "0", "--json", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    replayed = await spawn_chat("tail", "events", "--events", "--after", "0", "--json",
+                                env=env)
     try:
         frames = [orjson.loads(await _line(replayed)) for _ in range(6)][1:]
     finally:
@@ -304,10 +315,8 @@ async def test_tail_follows_across_a_restart_without_gap_or_duplicate(
     """`chat tail --json` prints every message once in seq order — including those sent
     while it was reconnecting after the daemon restarted — and Ctrl-C exits 130 quietly."""
     daemon, token = shared
-    proc = await asyncio.create_subprocess_exec(
-        CHAT, "tail", "tail", "--after", "0", "--json",
-        env={**os.environ, **chat_env(daemon, token)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await spawn_chat("tail", "tail", "--after", "0", "--json",
+                            env={**os.environ, **chat_env(daemon, token)})
     printed: list[dict[str, Any]] = []
     try:
         async with daemon.http_session() as http:
