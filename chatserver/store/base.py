@@ -59,6 +59,27 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class UserListing:
+    """A user as `chatserver user list` shows it: when it was made and its live tokens."""
+
+    user: User
+    created_at: int  # ms since the epoch
+    sessions: int  # live session tokens: browser logins
+    api_tokens: int  # live API tokens: bots and scripts
+
+
+# Both backends: every user by name, with its live tokens counted by kind.
+LIST_USERS_SQL = """
+SELECT u.id, u.name, u.is_admin, u.disabled, u.is_bot, u.created_at,
+       count(t.hash) FILTER (WHERE t.kind = 'session'),
+       count(t.hash) FILTER (WHERE t.kind = 'api')
+FROM users u LEFT JOIN tokens t ON t.user_id = u.id AND t.revoked_at IS NULL
+GROUP BY u.id, u.name, u.is_admin, u.disabled, u.is_bot, u.created_at
+ORDER BY u.name
+"""
+
+
+@dataclass(frozen=True, slots=True)
 class Room:
     id: int
     name: str
@@ -357,6 +378,10 @@ class Store(abc.ABC):
     async def count_users(self) -> int: ...
 
     @abc.abstractmethod
+    async def list_users(self) -> list[UserListing]:
+        """Every user, by name, with its live (unrevoked) tokens counted by kind."""
+
+    @abc.abstractmethod
     async def add_token(self, user_id: int, token_hash: str, kind: TokenKind) -> None: ...
 
     @abc.abstractmethod
@@ -365,6 +390,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_token(self, token_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def revoke_user_tokens(self, user_id: int, kind: TokenKind | None = None) -> int:
+        """Revoke every live token of the user, only those of `kind` when given; returns how
+        many. Idempotent: revoked tokens stay revoked and are not counted again."""
 
     @abc.abstractmethod
     async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:

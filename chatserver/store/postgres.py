@@ -34,6 +34,7 @@ from chatserver.store import (
     search_postgres,
 )
 from chatserver.store.base import (
+    LIST_USERS_SQL,
     MAX_RETENTION_DAYS,
     Hook,
     NewFile,
@@ -53,6 +54,7 @@ from chatserver.store.base import (
     TokenInvalid,
     TokenKind,
     User,
+    UserListing,
     format_ts,
 )
 from chatserver.store.postgres_writer import (
@@ -344,6 +346,10 @@ class PostgresStore(Store):
     async def count_users(self) -> int:
         return int(await self._run(lambda c: c.fetchval("SELECT count(*) FROM users")))
 
+    async def list_users(self) -> list[UserListing]:
+        rows = await self._run(lambda c: c.fetch(LIST_USERS_SQL))
+        return [UserListing(_user(r), r[5], r[6], r[7]) for r in rows]
+
     async def add_token(self, user_id: int, token_hash: str, kind: TokenKind) -> None:
         await self._write(
             lambda c: c.execute(
@@ -371,6 +377,17 @@ class PostgresStore(Store):
                 _now_ms(), token_hash,
             )
         )
+
+    async def revoke_user_tokens(self, user_id: int, kind: TokenKind | None = None) -> int:
+        count = await self._write(
+            lambda c: c.fetchval(
+                "WITH revoked AS (UPDATE tokens SET revoked_at = $1 WHERE user_id = $2"
+                " AND revoked_at IS NULL AND ($3::text IS NULL OR kind = $3)"
+                " RETURNING 1) SELECT count(*) FROM revoked",
+                _now_ms(), user_id, kind,
+            )
+        )
+        return int(count)
 
     async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:
         if not token_hashes:

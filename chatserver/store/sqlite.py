@@ -29,6 +29,7 @@ from chatserver.store import (
     sqlite_threads,
 )
 from chatserver.store.base import (
+    LIST_USERS_SQL,
     MAX_RETENTION_DAYS,
     Hook,
     NewFile,
@@ -48,6 +49,7 @@ from chatserver.store.base import (
     TokenInvalid,
     TokenKind,
     User,
+    UserListing,
     format_ts,
 )
 from chatserver.store.sqlite_writer import (
@@ -318,6 +320,10 @@ class SqliteStore(Store):
         row = await self._read(lambda c: _one(c, "SELECT count(*) FROM users"))
         return int(row[0])
 
+    async def list_users(self) -> list[UserListing]:
+        rows = await self._read(lambda c: c.execute(LIST_USERS_SQL).fetchall())
+        return [UserListing(_user(r), r[5], r[6], r[7]) for r in rows]
+
     async def add_token(self, user_id: int, token_hash: str, kind: TokenKind) -> None:
         def job(conn: sqlite3.Connection) -> None:
             try:
@@ -348,6 +354,17 @@ class SqliteStore(Store):
             )
 
         await self.run_in_writer(job)
+
+    async def revoke_user_tokens(self, user_id: int, kind: TokenKind | None = None) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL"
+                " AND (? IS NULL OR kind = ?)",
+                (_now_ms(), user_id, kind, kind),
+            )
+            return cur.rowcount
+
+        return await self.run_in_writer(job)
 
     async def invalid_tokens(self, token_hashes: Sequence[str]) -> dict[str, TokenInvalid]:
         if not token_hashes:

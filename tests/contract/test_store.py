@@ -150,6 +150,40 @@ async def test_revoked_token_is_unknown_and_revoking_is_idempotent(store: Store)
     assert await store.token_info("h2") is not None
 
 
+async def test_revoke_user_tokens_revokes_only_that_users_live_tokens(store: Store) -> None:
+    """All of a user's live tokens, or only one kind; counted once; other users untouched."""
+    alice, bob = await user(store, "alice"), await user(store, "bob")
+    for owner, token_hash, kind in ((alice, "a-s1", "session"), (alice, "a-s2", "session"),
+                                    (alice, "a-api", "api"), (bob, "b-s", "session")):
+        await store.add_token(owner.id, token_hash, kind)  # type: ignore[arg-type]
+    await store.revoke_token("a-s2")
+    assert await store.revoke_user_tokens(alice.id, "session") == 1
+    assert await store.token_info("a-s1") is None and await store.token_info("a-api")
+    assert await store.revoke_user_tokens(alice.id) == 1
+    assert await store.revoke_user_tokens(alice.id) == 0
+    assert await store.token_info("a-api") is None
+    assert await store.token_info("b-s") is not None
+    assert await store.revoke_user_tokens(999_999) == 0
+
+
+async def test_list_users_by_name_with_live_tokens_by_kind(store: Store) -> None:
+    """Every user once, by name, flags as stored, revoked tokens not counted."""
+    bot = await user(store, "zeta-bot", is_bot=True)
+    alice = await user(store, "alice", is_admin=True)
+    await user(store, "bob")
+    await store.set_disabled("bob", True)
+    for owner, token_hash, kind in ((alice, "a-s1", "session"), (alice, "a-s2", "session"),
+                                    (alice, "a-api", "api"), (bot, "z-api", "api")):
+        await store.add_token(owner.id, token_hash, kind)  # type: ignore[arg-type]
+    await store.revoke_token("a-s2")
+    listed = await store.list_users()
+    assert [(u.user.name, u.user.is_admin, u.user.is_bot, u.user.disabled, u.sessions,
+             u.api_tokens) for u in listed] == [
+        ("alice", True, False, False, 1, 1), ("bob", False, False, True, 0, 0),
+        ("zeta-bot", False, True, False, 0, 1)]
+    assert listed[0].user == alice and all(u.created_at > 1_600_000_000_000 for u in listed)
+
+
 async def test_token_of_disabled_user_reports_the_disabled_user(store: Store) -> None:
     """Disabling does not revoke: token_info returns the user marked disabled; auth refuses it."""
     alice = await user(store, "alice")
