@@ -19,10 +19,10 @@ from chatserver import credentials, export, hooks
 from chatserver.app import make_store
 from chatserver.auth import hash_token, new_token
 from chatserver.config import Config, ConfigError, ServerConfig, load_config
-from chatserver.errors import ChatError
+from chatserver.errors import ChatError, NotFound
 from chatserver.protocol import USER_NAME
 from chatserver.rooms import Rooms
-from chatserver.store.base import MAX_RETENTION_DAYS, Store
+from chatserver.store.base import MAX_RETENTION_DAYS, Store, User, format_ts
 from workers.passwords import hash_password
 
 EX_CONFIG = 78
@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--bot", action="store_true", help="a bot account (for tokens only)")
     user.add_parser("token", help="print a new API token for the user").add_argument("name")
     user.add_parser("disable", help="disable a user").add_argument("name")
+    user.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    user.add_parser("password", help="set a new password (from stdin, else generated) and "
+                    "sign the user out of every browser").add_argument("name")
+    revoke = user.add_parser("revoke", help="sign the user out everywhere: revoke every "
+                             "token, API tokens too unless --sessions")
+    revoke.add_argument("name")
+    revoke.add_argument("--sessions", action="store_true",
+                        help="only browser sessions (logins); bots' API tokens keep working")
+    user.add_parser("list", help="list every user, a tab-separated line each: name, roles, "
+                    "state, live sessions, live API tokens, created")
 
     room = commands.add_parser("room", help="manage rooms").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -225,12 +235,15 @@ async def _user_add(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _user_token(store: Store, args: argparse.Namespace) -> int:
-    user = await store.get_user(args.name)
+async def _existing_user(store: Store, name: str) -> User:
+    user = await store.get_user(name)
     if user is None:
-        print(f"chatserver: no user named {args.name!r}; create it with 'user add'",
-              file=sys.stderr)
-        return 1
+        raise NotFound(f"no user named {name!r}; create it with 'user add'")
+    return user
+
+
+async def _user_token(store: Store, args: argparse.Namespace) -> int:
+    user = await _existing_user(store, args.name)
     token = new_token()
     await store.add_token(user.id, hash_token(token), "api")
     print(token)
@@ -243,6 +256,49 @@ async def _user_disable(store: Store, args: argparse.Namespace) -> int:
     print(f"disabled user {args.name}; a running server refuses its tokens from the next "
           f"request on and closes its open sockets within {credentials.SWEEP_SECONDS:.0f} s",
           file=sys.stderr)
+    return 0
+
+
+async def _user_enable(store: Store, args: argparse.Namespace) -> int:
+    await store.set_disabled(args.name, False)
+    print(f"enabled user {args.name}; its tokens that were not revoked work again",
+          file=sys.stderr)
+    return 0
+
+
+async def _user_password(store: Store, args: argparse.Namespace) -> int:
+    # A reset is for a forgotten or a leaked password: either way the browsers signed in
+    # with the old one must not stay signed in. Bots' API tokens are not passwords; they
+    # stay (`user revoke` ends them).
+    user = await _existing_user(store, args.name)
+    password, generated = _read_password()
+    await store.set_password_hash(user.id, hash_password(password))
+    signed_out = await store.revoke_user_tokens(user.id, "session")
+    if generated:
+        print(f"password: {password}")
+    print(f"set the password of {user.name}; signed out {signed_out} browser session(s)"
+          f"{_SWEEP_NOTE}", file=sys.stderr)
+    return 0
+
+
+async def _user_revoke(store: Store, args: argparse.Namespace) -> int:
+    user = await _existing_user(store, args.name)
+    revoked = await store.revoke_user_tokens(user.id, "session" if args.sessions else None)
+    what = "browser session(s)" if args.sessions else "token(s), sessions and API tokens"
+    print(f"revoked {revoked} {what} of {user.name}{_SWEEP_NOTE}", file=sys.stderr)
+    return 0
+
+
+_SWEEP_NOTE = (f"; a running server refuses them from the next request on and closes their "
+               f"open sockets within {credentials.SWEEP_SECONDS:.0f} s")
+
+
+async def _user_list(store: Store, args: argparse.Namespace) -> int:
+    for listing in await store.list_users():
+        user = listing.user
+        roles = ",".join(r for r, on in (("admin", user.is_admin), ("bot", user.is_bot)) if on)
+        print(f"{user.name}\t{roles or '-'}\t{'disabled' if user.disabled else 'active'}\t"
+              f"{listing.sessions}\t{listing.api_tokens}\t{format_ts(listing.created_at)}")
     return 0
 
 
@@ -324,6 +380,10 @@ _ADMIN: dict[tuple[str, str | None], Callable[[Store, argparse.Namespace], Await
     ("user", "add"): _user_add,
     ("user", "token"): _user_token,
     ("user", "disable"): _user_disable,
+    ("user", "enable"): _user_enable,
+    ("user", "password"): _user_password,
+    ("user", "revoke"): _user_revoke,
+    ("user", "list"): _user_list,
     ("room", "create"): _room_create,
     ("room", "add-member"): _room_add_member,
     ("room", "retention"): _room_retention,

@@ -112,9 +112,9 @@ def test_failed_user_add_prints_no_password(daemon: Daemon) -> None:
 
 
 def test_user_token_for_an_unknown_user_fails(daemon: Daemon) -> None:
-    """`user token` (and `user disable`) for a user that does not exist exits 1, prints no
-    token, and says why in one line."""
-    for action in ("token", "disable"):
+    """`user token` (and disable, enable, password, revoke) for a user that does not exist
+    exits 1, prints no token or password, and says why in one line."""
+    for action in ("token", "disable", "enable", "password", "revoke"):
         done = daemon.cli("user", action, "nobody")
         assert done.returncode == 1, done
         assert done.stdout == ""
@@ -141,6 +141,57 @@ async def test_disabled_user_is_refused_by_the_running_server(server: Daemon) ->
             await http.ws_connect(server.ws_url, headers=bearer(token))
         assert refused.value.status == 401
         assert await login(http, "carol", "carol-long-password") == 401
+
+
+async def test_user_password_revoke_enable_and_list(server: Daemon) -> None:
+    """The admin's answers to a leaked password or token: `user password` sets a new one and
+    signs the browsers out (API tokens stay); `user revoke --sessions` signs out only
+    browsers, `user revoke` every token; `user enable` undoes `user disable`; `user list`
+    shows each user's roles, state and live tokens."""
+    api = await to_thread(server.add_user, "erin", "erin-old-password")
+
+    async def session(password: str) -> str:
+        async with http.post("/api/login",
+                             json={"username": "erin", "password": password}) as reply:
+            assert reply.status == 200, await reply.text()
+            return str((await reply.json())["token"])
+
+    async def me(token: str) -> int:
+        async with http.get("/api/me", headers=bearer(token)) as reply:
+            return reply.status
+
+    async with server.http_session() as http:
+        browser = await session("erin-old-password")
+        done = await to_thread(lambda: server.cli("user", "password", "erin",
+                                                  stdin="erin-new-password\n"))
+        assert done.returncode == 0 and done.stdout == "", done
+        assert "signed out 1 browser session" in done.stderr
+        assert await me(browser) == 401 and await me(api) == 200
+        assert await login(http, "erin", "erin-old-password") == 401
+        browser = await session("erin-new-password")
+
+        generated = await to_thread(lambda: server.cli("user", "password", "erin", stdin=None))
+        (password,) = PASSWORD_LINE.findall(generated.stdout)
+        assert await me(browser) == 401
+        browser = await session(password)
+
+        await to_thread(server.cli_ok, "user", "revoke", "erin", "--sessions")
+        assert await me(browser) == 401 and await me(api) == 200
+
+        await to_thread(server.cli_ok, "user", "disable", "erin")
+        assert await me(api) == 401
+        await to_thread(server.cli_ok, "user", "enable", "erin")
+        assert await me(api) == 200
+        browser = await session(password)
+
+        listed = await to_thread(server.cli_ok, "user", "list")
+        erin = [line.split("\t") for line in listed.splitlines() if line.startswith("erin\t")]
+        assert erin and erin[0][:5] == ["erin", "-", "active", "1", "1"], listed
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", erin[0][5]), listed
+
+        done = await to_thread(server.cli, "user", "revoke", "erin")
+        assert done.returncode == 0 and "revoked 2 token(s)" in done.stderr, done
+        assert await me(browser) == 401 and await me(api) == 401
 
 
 async def test_user_token_prints_a_token_that_authenticates(server: Daemon) -> None:
