@@ -320,9 +320,24 @@ export function updateMessage(message) {
 function replaceMessageNode(node, message, options) {
   const fresh = messageElement(message, options);
   const refocus = carryEditor(node, fresh, message);
+  const focusedPick = carryPicker(node, fresh, message);
   node.replaceWith(fresh);
   if (refocus) focusEditor(fresh);
+  focusedPick?.focus();
   return fresh;
+}
+
+/** Move an open reaction picker from `node` to `fresh`, so that a reaction or a reply from
+ * someone else does not close it under the reader's pointer (a deletion does); returns the
+ * picker's button that had the focus, which moving it loses. */
+function carryPicker(node, fresh, message) {
+  const picker = node?.querySelector(".reaction-picker");
+  if (!picker) return null;
+  const focused = picker.contains(document.activeElement) ? document.activeElement : null;
+  picker.remove();
+  if (message.deleted) return null;
+  fresh.append(picker);
+  return focused;
 }
 
 /** Move an edit in progress from `node` to `fresh`, its redrawn self (unless the message

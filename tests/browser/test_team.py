@@ -270,7 +270,7 @@ async def test_edits_and_deletions_show_live(browser: Any, chat_server: ChatServ
 
 async def test_reactions_count_live_and_toggle(browser: Any, chat_server: ChatServer) -> None:
     """bob reacts through the picker; alice sees the count live and adds hers by clicking the
-    chip (pressed for her), then takes it back."""
+    chip (pressed for her), then takes it back; her open picker survives bob's reaction."""
     room = room_name("reactions")
     await chat_server.create_room("alice", room, members=("bob",))
     alice = await open_chat(browser, chat_server, "alice", room=room)
@@ -299,6 +299,19 @@ async def test_reactions_count_live_and_toggle(browser: Any, chat_server: ChatSe
         await expect(alice_chip).to_have_attribute("aria-pressed", "false")
         await expect(bob_chip).to_have_attribute("aria-pressed", "true")
         await expect(message(alice, seq).locator(".reactions button.reaction")).to_have_count(1)
+
+        # alice's picker stays open while bob's reaction to the same message redraws it.
+        await act(message(alice, seq), "react")
+        picker = message(alice, seq).locator(".reaction-picker")
+        await expect(picker).to_have_count(1)
+        await bob_chip.click()
+        await expect(message(alice, seq).locator(".reactions button.reaction")).to_have_count(0)
+        await expect(picker).to_have_count(1)
+        await picker.get_by_role("button", name="React with 🎉", exact=True).click()
+        await expect(picker).to_have_count(0)
+        party = ".reactions button.reaction[data-emoji='🎉']"
+        for chat in (alice, bob):
+            await expect(message(chat, seq).locator(party)).to_have_text("🎉 1")
 
         alice.check_no_errors()
         bob.check_no_errors()
