@@ -57,7 +57,8 @@ CLIENT_OPS = ("join", "leave", "send", "history", "typing", "stream_start", "str
               "stream_end", "ping", "invalid", "binary")
 POOL_JOBS = ("render_markdown", "render_markdown_inline", "hash_password", "verify_password")
 SERVER_OPS = ("hello", "ack", "error", "joined", "left", "history", "pong", "message",
-              "stream_start", "stream_delta", "stream_end", "typing", "presence")
+              "stream_start", "stream_delta", "stream_end", "typing", "presence",
+              "file_updated")
 # Close codes the server uses or a client commonly sends; any other is counted as "other", so
 # a client cannot grow the label set.
 KNOWN_CLOSE_CODES = (1000, 1001, 1003, 1006, 1008, 1009, 1011, 1013)

@@ -11,8 +11,9 @@ Then, in order: a reply's root is checked (`thread`, chatserver.threads: a refus
 nothing), the bytes are synced and renamed to their random id, the row is recorded, an
 image's thumbnail job starts in the process pool (the upload waits for it up to
 `THUMBNAIL_WAIT` so the message usually carries `thumbnail_url` at once; a slower job finishes
-in the background and history shows it), and the message is posted through the normal path
-(`MessageService.post_file`: durable, then published).
+in the background, and when it made a thumbnail the room's members get a `file_updated`
+frame), and the message is posted through the normal path (`MessageService.post_file`:
+durable, then published).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from chatserver import files, protocol, threads
+from chatserver.broker.base import Event
 from chatserver.context import ChatContext
 from chatserver.errors import BadRequest, TooLarge
 from chatserver.store.base import NewFile, Room, StoredFile, StoredMessage, User
@@ -141,10 +143,26 @@ async def _record_and_post(ctx: ChatContext, root: Path, room: Room, user: User,
             await asyncio.wait([thumbnail], timeout=THUMBNAIL_WAIT)
             if thumbnail.done():
                 stored = thumbnail.result()
-        return await ctx.messages.post_file(room, user, caption, stored, thread=thread)
+        message = await ctx.messages.post_file(room, user, caption, stored, thread=thread)
     except BaseException:
         await asyncio.shield(_forget(ctx, root, new.id, thumbnail))
         raise
+    if thumbnail is not None and not thumbnail.done():
+        thumbnail.add_done_callback(lambda made: _announce_late(ctx, message, made))
+    return message
+
+
+def _announce_late(ctx: ChatContext, message: StoredMessage,
+                   made: asyncio.Future[StoredFile]) -> None:
+    """A thumbnail made after its message was posted: the file is now served as the image it
+    is, with a thumbnail. Members who have the message are told; it is not a change to the
+    room's log (no seq), so anyone who missed it reads the file as it is in history."""
+    file = made.result()
+    if file.thumbnail != "ready":  # failed, or the message was deleted meanwhile
+        return
+    frame = protocol.encode({"op": "file_updated", "room": message.room, "target": message.seq,
+                             "file": protocol.file_body(file)})
+    ctx.broker.publish(Event("file_updated", message.room, frame))
 
 
 async def _forget(ctx: ChatContext, root: Path, file_id: str,

@@ -48,7 +48,10 @@ LOCAL_DELIVERY_MAX = 0.005
 # "logout": a token was revoked (POST /api/logout, chatserver.credentials); every instance
 # closes the connections that token authenticated. Its `key` is the token's hash (never the
 # token), its frame empty; no seq, no room.
-EventKind = Literal["message", "typing", "stream", "presence", "read", "rooms", "logout"]
+# "file_updated": a file's thumbnail was made after its message was posted
+# (chatserver.uploads); delivered to the room's live subscriptions, never stored, no seq.
+EventKind = Literal["message", "typing", "stream", "presence", "read", "rooms", "logout",
+                    "file_updated"]
 # Kinds for every instance, subscribed to a room or not: they concern users or connections,
 # and any instance may hold those.
 INSTANCE_WIDE: frozenset[str] = frozenset(("rooms", "logout"))

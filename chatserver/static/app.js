@@ -740,6 +740,12 @@ function flushAnnouncement() {
 }
 
 const FRAME_HANDLERS = {
+  file_updated(frame) {
+    const changed = state.applyFileUpdate(frame);
+    if (!changed) return;
+    changedMessages.add(changed.message);
+    scheduleRender();
+  },
   typing(frame) {
     const room = state.noteTyping(frame.room, frame.user);
     if (!room || room.name !== state.openRoom) return;

@@ -378,6 +378,18 @@ export class ChatState {
     return { room, message };
   }
 
+  /**
+   * A `file_updated` frame (a thumbnail made after the message was posted): the message held
+   * gets the file as it is now; null when it is not held (history will have it) or deleted.
+   */
+  applyFileUpdate(frame) {
+    const room = this.rooms.get(frame.room);
+    const message = room?.find(frame.target);
+    if (!message || message.deleted || message.file?.id !== frame.file?.id) return null;
+    message.file = frame.file;
+    return { room, message };
+  }
+
   /** A message counted unread is deleted: it no longer counts. */
   uncount(room, message) {
     if (message.deleted || !this.isUnread(room, message)) return;

@@ -6,6 +6,7 @@ reload, and after a resume that missed them."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from typing import Any
 
@@ -441,3 +442,52 @@ async def test_an_uploaded_image_shows_for_everyone(browser: Any,
 
 def _starts_with(prefix: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(prefix))
+
+
+async def test_a_late_thumbnail_shows_when_file_updated_arrives(browser: Any,
+                                                                chat_server: ChatServer) -> None:
+    """A thumbnail made after its message was posted (over 2 s) reaches the page as
+    `file_updated`: the download link becomes the image. The server's timing cannot be
+    forced from here, so bob's socket holds the thumbnail back: the message frame arrives as
+    a slow job's would (a download, no thumbnail), then the page gets the `file_updated` the
+    server would send."""
+    room = room_name("late")
+    await chat_server.create_room("alice", room, members=("bob",))
+    held: list[dict[str, Any]] = []
+    routes: list[Any] = []
+
+    def route(page_socket: Any) -> None:
+        server = page_socket.connect_to_server()
+        routes.append(page_socket)
+
+        def from_server(text: str | bytes) -> None:
+            frame = json.loads(text)
+            file = frame.get("file") if frame.get("op") == "message" else None
+            if file and "thumbnail_url" in file:
+                held.append({"target": frame["seq"], "file": file})
+                frame["file"] = {key: value for key, value in file.items()
+                                 if key != "thumbnail_url"}
+                frame["file"]["content_type"] = "application/octet-stream"
+                text = json.dumps(frame)
+            page_socket.send(text)
+
+        server.on_message(from_server)
+
+    alice = await open_chat(browser, chat_server, "alice", room=room)
+    bob = await open_chat(browser, chat_server, "bob", room=room, socket_route=route)
+    try:
+        await alice.page.locator("#composer-file").set_input_files(
+            {"name": "slow.png", "mimeType": "image/png", "buffer": png()})
+        file = bob.page.locator(f"{MESSAGES} .msg-file")
+        await expect(file.get_by_role("link", name="📎 slow.png")).to_be_visible()
+        await expect(file.locator("img")).to_have_count(0)
+        assert len(held) == 1
+        routes[-1].send(json.dumps({"op": "file_updated", "room": room, **held[0]}))
+        thumbnail = file.locator("img.msg-thumbnail")
+        await expect(thumbnail).to_have_attribute("src", held[0]["file"]["thumbnail_url"])
+        await expect(thumbnail).to_have_js_property("complete", True)
+        assert await thumbnail.evaluate("(img) => img.naturalWidth") > 0
+        bob.check_no_errors()
+    finally:
+        await alice.close()
+        await bob.close()

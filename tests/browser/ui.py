@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import importlib.util
 import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -186,13 +187,18 @@ class ChatPage:
 
 
 async def open_chat(browser: Any, server: ChatServer, user: str, *, room: str | None = None,
-                    viewport: dict[str, int] = DESKTOP, via_form: bool = False) -> ChatPage:
+                    viewport: dict[str, int] = DESKTOP, via_form: bool = False,
+                    socket_route: Callable[[Any], Any] | None = None) -> ChatPage:
     """A new context for `user` on the UI, connected, with `room` open when given. Logs in
-    through the form when `via_form`, else through POST /api/login (the same cookie)."""
+    through the form when `via_form`, else through POST /api/login (the same cookie).
+    `socket_route`: Playwright's WebSocketRoute handler for the page's /ws, set before the
+    page loads (to hold frames back or send the page frames the server has not)."""
     from playwright.async_api import expect
 
     context = await browser.new_context(base_url=server.base_url, viewport=viewport)
     page = await context.new_page()
+    if socket_route is not None:
+        await page.route_web_socket(re.compile(r"/ws$"), socket_route)
     chat = ChatPage(user, context, page, [])
     page.on("pageerror", lambda error: chat.errors.append(str(error)))
     if not via_form:

@@ -3,6 +3,7 @@ thumbnails made in the pool, limits and refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import struct
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from chatserver import uploads
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
 from chatserver.config import FilesConfig
@@ -149,6 +151,66 @@ async def test_png_gets_a_thumbnail_and_is_served_inline(chat: Chat) -> None:
     image = Image.open(io.BytesIO(await thumb.read()))
     assert image.size == (320, 240) and image.format == "PNG"
     assert chat.ctx.executors.stats["thumbnail"].done == 1
+
+
+async def test_a_late_thumbnail_reaches_the_members_as_file_updated(
+        chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload that does not wait for its thumbnail posts the file as a download; once the
+    pool has made the thumbnail, members get `file_updated` with the file as history now
+    has it (an image, with its thumbnail). Not a room event: no seq, and a resume from
+    before the message has the file as it is now."""
+    monkeypatch.setattr(uploads, "THUMBNAIL_WAIT", 0.0)
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    ws = await chat.ws(bob)
+    await ws.join("general")
+    response = await post(chat, alice, "general", form(png(), "late.png"))
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    assert body["file"]["content_type"] == "application/octet-stream"
+    assert "thumbnail_url" not in body["file"]
+    assert await ws.recv_op("message") == body
+    updated = await ws.recv_op("file_updated")
+    file = {**body["file"], "content_type": "image/png",
+            "thumbnail_url": f"/api/files/{body['file']['id']}/thumbnail"}
+    assert updated == {"op": "file_updated", "room": "general", "target": body["seq"],
+                       "file": file}
+    history = await chat.client.get("/api/rooms/general/messages", headers=chat.auth(bob))
+    assert (await history.json())["messages"][0]["file"] == file
+    late = await chat.ws(bob)
+    await late.send({"op": "join", "room": "general", "after": 0})  # replayed before joined
+    replayed = await late.recv_op("message")
+    assert replayed["seq"] == body["seq"] and replayed["file"] == file
+    await ws.close()
+    await late.close()
+
+
+async def test_a_file_that_is_no_image_gets_no_file_updated(
+        chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file claimed to be an image that does not decode stays a download: no frame."""
+    monkeypatch.setattr(uploads, "THUMBNAIL_WAIT", 0.0)
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    await chat.room("general")
+    ws = await chat.ws(bob)
+    await ws.join("general")
+    broken = png()[:200]
+    response = await post(chat, alice, "general",
+                          form(broken, "broken.png", content_type="image/png"))
+    assert response.status == 201
+    await ws.recv_op("message")
+    deadline = time.monotonic() + 10
+    while chat.ctx.executors.stats["thumbnail"].done < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert chat.ctx.executors.stats["thumbnail"].done == 1
+    sender = await chat.ws(alice)
+    await sender.join("general")
+    await sender.say("general", "after")  # after the job's outcome, so after any frame of it
+    seen = [await ws.recv()]
+    while not (seen[-1]["op"] == "message" and seen[-1]["text"] == "after"):
+        seen.append(await ws.recv())
+    assert "file_updated" not in [frame["op"] for frame in seen], seen
+    await ws.close()
+    await sender.close()
 
 
 async def test_decompression_bomb_header_is_refused_quickly(chat: Chat) -> None:

@@ -23,6 +23,7 @@ EVENTS = [
     Event("rooms", "", b'{"op":"room_added"}', users=("alice", "bob")),
     Event("rooms", "", b'{"op":"room_added"}', user="carol"),  # everyone but carol
     Event("logout", "", b"", key="9f86d081884c7d659a2feaa0c55ad015"),  # a token's hash
+    Event("file_updated", "general", b'{"op":"file_updated","target":4}'),
 ]
 
 
