@@ -198,8 +198,10 @@ async def test_a_500_per_second_stream_reaches_a_slow_reader_coalesced_and_compl
                            max_frame_bytes=1 << 20)
     bot, fast_token, slow_token = [await chat.user(n) for n in ("bot", "fast", "slow")]
     await chat.room("general")
+    before = set(chat.ctx.connections)
     fast = await chat.ws(fast_token)
     await fast.join("general")
+    (fast_session,) = set(chat.ctx.connections) - before
     port = chat.client.server.port
     assert port is not None
     before = set(chat.ctx.connections)
@@ -236,9 +238,12 @@ async def test_a_500_per_second_stream_reaches_a_slow_reader_coalesced_and_compl
     assert not outbox.evicted and outbox.close_code is None and slow.close_code is None
     assert final["seq"] == end_ack["seq"] and final["text"] == whole_text
     assert "aborted" not in final
-    # The fast reader's kernel buffers never fill, so its outbox never reaches coalescing.
+    # The fast reader's kernel buffers never fill: its outbox reaches coalescing only when the
+    # loop stalls (a GC pause on a loaded machine lets a burst of deltas queue up), and then
+    # far less than the slow reader's; whatever it joined, its outbox joined.
     fast_texts = _assert_whole_stream(fast_frames, stream, deltas)
-    assert len(fast_texts) == DELTA_COUNT
+    assert fast_session.outbox.coalesced == DELTA_COUNT - len(fast_texts)
+    assert len(fast_texts) > 2 * len(slow_texts)
     assert fast_frames[-1]["seq"] == end_ack["seq"] and fast_frames[-1]["text"] == whole_text
     # The slow reader is still connected and served: a ping gets its pong.
     await slow.send({"op": "ping", "ref": "after"})
