@@ -22,13 +22,13 @@ rooms reaches it) and never waits: `Outbox.close` only asks its writer task to c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Iterable
 
+from chatserver import periodic
 from chatserver.broker.base import Event
-from chatserver.errors import CloseCode, StoreUnavailable
+from chatserver.errors import CloseCode
 from chatserver.session import Connections, Session
 from chatserver.store.base import Store, TokenInvalid
 
@@ -96,18 +96,12 @@ async def sweep(connections: Connections, store: Store) -> int:
 async def run(connections: Connections, store: Store, interval: float | None = None) -> None:
     """Sweep every `interval` seconds (default SWEEP_SECONDS, jittered) until cancelled; a
     failed sweep is logged and the next one retries."""
-    while True:
+    def wait() -> float:
         period = SWEEP_SECONDS if interval is None else interval
-        await asyncio.sleep(period * random.uniform(1 - JITTER, 1))
-        if not len(connections):
-            continue
-        try:
-            await sweep(connections, store)
-        except StoreUnavailable as error:
-            log.warning("credential sweep skipped, the store is unavailable: %s", error.message)
-        except Exception:
-            # A bug must not end the job for the instance's lifetime: the next sweep retries.
-            log.exception("credential sweep failed")
+        return period * random.uniform(1 - JITTER, 1)
+
+    await periodic.repeat("credential sweep", lambda: sweep(connections, store), log,
+                          first=wait, then=wait, idle=lambda: not len(connections))
 
 
 __all__ = ["DISABLED", "LOGGED_OUT", "SWEEP_SECONDS", "close_token", "logout_event", "run",

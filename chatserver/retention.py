@@ -17,9 +17,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from chatserver import files
+from chatserver import files, periodic
 from chatserver.context import ChatContext
-from chatserver.errors import StoreUnavailable
 from chatserver.store.base import Room, Store
 
 log = logging.getLogger(__name__)
@@ -53,16 +52,9 @@ async def run_for(ctx: ChatContext) -> None:
 async def run(store: Store, remove_files: RemoveFiles | None = None) -> None:
     """Sweep forever (until cancelled): shortly after start-up, then every interval.
     `remove_files(ids)` removes the bytes of files whose rows went with their messages."""
-    await asyncio.sleep(_jittered(FIRST_RUN_SECONDS))
-    while True:
-        try:
-            await sweep(store, remove_files)
-        except StoreUnavailable as error:
-            log.warning("retention sweep skipped, the store is unavailable: %s", error.message)
-        except Exception:
-            # A bug must not end the job for the instance's lifetime: the next sweep retries.
-            log.exception("retention sweep failed")
-        await asyncio.sleep(_jittered(INTERVAL_SECONDS))
+    await periodic.repeat("retention sweep", lambda: sweep(store, remove_files), log,
+                          first=lambda: _jittered(FIRST_RUN_SECONDS),
+                          then=lambda: _jittered(INTERVAL_SECONDS))
 
 
 async def sweep(store: Store, remove_files: RemoveFiles | None = None,
