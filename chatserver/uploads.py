@@ -147,7 +147,8 @@ async def _record_and_post(ctx: ChatContext, root: Path, room: Room, user: User,
     except BaseException:
         await asyncio.shield(_forget(ctx, root, new.id, thumbnail))
         raise
-    if thumbnail is not None and not thumbnail.done():
+    if thumbnail is not None and stored.thumbnail == "pending":
+        # Posted without it, even if the job finished while the message was being stored.
         thumbnail.add_done_callback(lambda made: _announce_late(ctx, message, made))
     return message
 
