@@ -15,7 +15,7 @@ from aiohttp import web
 from chatserver import credentials, http_api, retention
 from chatserver.app_keys import CONFIG, CONTEXT
 from chatserver.broker.base import Broker
-from chatserver.config import BrokerConfig, Config, StoreConfig
+from chatserver.config import BrokerConfig, Config
 from chatserver.connection import websocket_handler
 from chatserver.context import ChatContext
 from chatserver.errors import CloseCode
@@ -29,6 +29,7 @@ from chatserver.ratelimit import KeyedLimiter
 from chatserver.rooms import Rooms
 from chatserver.session import Connections
 from chatserver.stallwatch import StallWatch
+from chatserver.store import make_store
 from chatserver.store.base import Store
 from chatserver.streams import Streams
 
@@ -36,19 +37,6 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
-
-
-def make_store(config: StoreConfig) -> Store:
-    """Backends are chosen by name and imported only when chosen."""
-    if config.backend == "sqlite":
-        from chatserver.store.sqlite import SqliteStore
-
-        return SqliteStore(config.path)
-    if config.backend == "postgres":
-        from chatserver.store.postgres import PostgresStore
-
-        return PostgresStore(config.dsn, pool_size=config.pool_size)
-    raise ValueError(f"store backend {config.backend!r} is not available in this build")
 
 
 def make_broker(config: BrokerConfig, *, instance_id: str,

@@ -8,15 +8,13 @@ WebSocket upgrade is accepted.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 from aiohttp import web
 
 from chatserver import credentials
 from chatserver.context import ChatContext
 from chatserver.errors import Forbidden, RateLimited, Unauthorized
 from chatserver.store.base import TokenInfo, User
+from chatserver.tokens import hash_token, new_token
 
 COOKIE_NAME = "chat_session"
 # Verified against when the username is unknown, so a miss costs the same time as a hit.
@@ -24,20 +22,6 @@ _DUMMY_HASH = (
     "$argon2id$v=19$m=65536,t=3,p=4$QbgnCez8KguI4zMDE1YFPg$"
     "fQLD0WMk7yZn6rgojv5AECKqhKzLf0y0JFdIiRcQNPM"
 )
-
-
-def new_token() -> str:
-    """A random API/session token (256 bits). Never starting with "-": a command line
-    would take it for an option (`chat --token -x…` fails in argparse). Redrawing those
-    costs the token about 0.02 of a bit."""
-    while True:
-        token = secrets.token_urlsafe(32)
-        if not token.startswith("-"):
-            return token
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def _bearer(request: web.BaseRequest) -> str | None:

@@ -16,13 +16,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
 from chatserver import credentials, export, hooks
-from chatserver.app import make_store
-from chatserver.auth import hash_token, new_token
 from chatserver.config import Config, ConfigError, ServerConfig, load_config
 from chatserver.errors import ChatError, NotFound
 from chatserver.protocol import USER_NAME
 from chatserver.rooms import Rooms
+from chatserver.store import make_store
 from chatserver.store.base import MAX_RETENTION_DAYS, Store, User, format_ts
+from chatserver.tokens import hash_token, new_token
 from workers.passwords import hash_password
 
 EX_CONFIG = 78

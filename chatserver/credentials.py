@@ -25,12 +25,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from chatserver import periodic
 from chatserver.broker.base import Event
 from chatserver.errors import CloseCode
-from chatserver.session import Connections, Session
 from chatserver.store.base import Store, TokenInvalid
+
+if TYPE_CHECKING:
+    from chatserver.session import Connections, Session
 
 log = logging.getLogger(__name__)
 

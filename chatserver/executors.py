@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, TypeVarTuple
 
 from chatserver.config import PoolsConfig
-from chatserver.metrics import JOB_BUCKETS, Buckets
+from chatserver.histogram import JOB_BUCKETS, Buckets
 from workers import lifeline, markdown, passwords, thumbnails
 
 __all__ = ["Executors", "PoolStats"]

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 
 from chatserver import protocol
-from chatserver.auth import hash_token, new_token
 from chatserver.errors import BadRequest, Conflict, Forbidden, TooLarge
 from chatserver.rooms import Rooms
 from chatserver.store.base import Hook, Store, User
+from chatserver.tokens import hash_token, new_token
 
 # "!" is no argon2 encoding: verify_password answers False for it, whatever the password.
 NO_PASSWORD = "!"

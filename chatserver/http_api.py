@@ -15,7 +15,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatserver import auth, files_api, hooks, protocol, reads, room_announce, search_api, threads
+from chatserver import (
+    auth,
+    files_api,
+    hooks,
+    protocol,
+    reads,
+    room_announce,
+    search_api,
+    threads,
+    tokens,
+)
 from chatserver.app_keys import CONTEXT
 from chatserver.context import ChatContext
 from chatserver.errors import (
@@ -259,7 +269,7 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
     """`POST /hooks/{token}`: post the body's text to the hook's room as its bot, answered once
     the message is durable (docs/protocol.md, "Incoming webhooks")."""
     ctx = _ctx(request)
-    hook = await ctx.store.hook_by_token(auth.hash_token(request.match_info["token"]))
+    hook = await ctx.store.hook_by_token(tokens.hash_token(request.match_info["token"]))
     if hook is None or hook.bot.disabled:
         # Unknown, revoked and disabled look alike, so a prober learns nothing from the answer.
         raise NotFound("no such hook (unknown or revoked)")

@@ -22,9 +22,9 @@ import os
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -33,26 +33,22 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from chatserver.errors import NotFound
+from chatserver.histogram import (
+    DELIVERY_BUCKETS,
+    JOB_BUCKETS,
+    QUEUE_BYTES_BUCKETS,
+    Buckets,
+    bucket_bound,
+)
 
 if TYPE_CHECKING:
     from chatserver.context import ChatContext
 
 log = logging.getLogger(__name__)
 
-# How prometheus-client writes a bucket bound (`le`); unannotated there.
-_le = cast("Callable[[float], str]", floatToGoString)
 
-QUEUE_BYTES_BUCKETS = (0, 1024, 16384, 65536, 262144, 1048576, 4194304)
-DELIVERY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0)
-COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                  5.0)
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-JOB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-               0.5, 1.0, 2.5, 5.0)
 CLIENT_OPS = ("join", "leave", "send", "history", "typing", "stream_start", "stream_delta",
               "stream_end", "ping", "invalid", "binary")
 POOL_JOBS = ("render_markdown", "render_markdown_inline", "hash_password", "verify_password")
@@ -65,49 +61,6 @@ KNOWN_CLOSE_CODES = (1000, 1001, 1003, 1006, 1008, 1009, 1011, 1013)
 CLOSE_CODE_LABELS = (*(str(code) for code in KNOWN_CLOSE_CODES), "other")
 HEALTH_TIMEOUT = 1.0  # seconds a backend ping may take at scrape time before it counts as down
 PEER_TIMEOUT = 3.0  # seconds another worker may take to answer a scrape
-
-
-class Buckets:
-    """A histogram as plain counters, exported by the collector at scrape time.
-
-    `observe` is a bisect and two additions, with no lock: each instance is observed from one
-    thread only (the event loop, or the SQLite writer thread), and read from the loop.
-    """
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(float(b) for b in bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def observe_since(self, starts: list[float], now: float) -> None:
-        """Observe `now - start` for every start: one call for many observations."""
-        counts, bounds = self.counts, self.bounds
-        total = 0.0
-        for start in starts:
-            elapsed = now - start
-            counts[bisect_left(bounds, elapsed)] += 1
-            total += elapsed
-        self.sum += total
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(le, observations at or below it) for every bound and +Inf, as exposition wants."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
-            running += count
-            out.append((_le(bound), running))
-        out.append(("+Inf", running + self.counts[-1]))
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +431,7 @@ def close_code_label(code: int | None) -> str:
 def _queue_histogram(sizes: list[int]) -> HistogramMetricFamily:
     buckets = []
     for bound in QUEUE_BYTES_BUCKETS:
-        buckets.append((_le(bound), sum(1 for s in sizes if s <= bound)))
+        buckets.append((bucket_bound(bound), sum(1 for s in sizes if s <= bound)))
     buckets.append(("+Inf", len(sizes)))
     return HistogramMetricFamily("chat_send_queue_bytes", "Bytes queued per connection now.",
                                  buckets=buckets, sum_value=sum(sizes))

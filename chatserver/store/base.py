@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from chatserver.errors import StoreUnavailable
-from chatserver.metrics import BATCH_SIZE_BUCKETS, COMMIT_BUCKETS, Buckets
+from chatserver.histogram import BATCH_SIZE_BUCKETS, COMMIT_BUCKETS, Buckets
 
 if TYPE_CHECKING:  # search types, for the search_messages signature only
     from chatserver.search import Cursor, SearchPage, SearchQuery

@@ -195,8 +195,8 @@ def prepare_chatserver(tmp: Path, ports: list[int], room: str, with_pinger: bool
 async def _add_token_users(config_file: Path, count: int, base_token: str) -> None:
     """Users storm0..storm<count-1>, each with the API token `member_token(base_token, i)`."""
     from chatserver.app import make_store
-    from chatserver.auth import hash_token
     from chatserver.config import load_config
+    from chatserver.tokens import hash_token
 
     store = make_store(load_config(str(config_file)).store)
     await store.open()

@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient
 
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
-from chatserver.auth import hash_token, new_token
 from chatserver.config import (
     BrokerConfig,
     Config,
@@ -31,6 +30,7 @@ from chatserver.config import (
 )
 from chatserver.context import ChatContext
 from chatserver.overload import Thresholds
+from chatserver.tokens import hash_token, new_token
 
 FRAME_TIMEOUT = 5.0
 # The store backends `backend_chat` runs a test on, as tests/contract does for the Store.

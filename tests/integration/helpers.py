@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from chatserver.auth import hash_token, new_token
+from chatserver.tokens import hash_token, new_token
 from tests.integration.conftest import FRAME_TIMEOUT, Chat, WsClient
 from workers.passwords import hash_password
 

@@ -19,8 +19,8 @@ import pytest
 from chatserver import credentials
 from chatserver.app import create_app
 from chatserver.app_keys import CONTEXT
-from chatserver.auth import hash_token
 from chatserver.config import BrokerConfig, StoreConfig
+from chatserver.tokens import hash_token
 from tests.integration.conftest import FRAME_TIMEOUT, Chat, ChatFactory, WsClient, make_config
 from tests.integration.helpers import fast_user, login
 from tests.services.postgres import PostgresServer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from chatserver.auth import new_token
+from chatserver.tokens import new_token
 
 
 def test_tokens_are_url_safe_distinct_and_never_look_like_an_option() -> None:
