@@ -158,19 +158,24 @@ class Chat:
 ChatFactory = Callable[..., Awaitable[Chat]]
 
 
+async def serve(aiohttp_client: Any, config: Config) -> Chat:
+    """The app for `config` on a test server. The suite runs two test workers on two cores:
+    loop lag caused by the neighbour must not make the app shed or refuse, so its overload
+    guard is out of the way. Admission is tested by forcing levels (test_admission.py), the
+    guard's logic by tests/unit/test_overload.py."""
+    client = await aiohttp_client(create_app(config))
+    ctx = client.app[CONTEXT]
+    ctx.overload.thresholds = UNLOADED
+    return Chat(client, ctx)
+
+
 @pytest.fixture
 async def make_chat(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ChatFactory]:
     async def factory(*, server: ServerConfig | None = None,
                       metrics: MetricsConfig | None = None, store: StoreConfig | None = None,
                       **limits: Any) -> Chat:
         config = make_config(tmp_path, server=server, metrics=metrics, store=store, **limits)
-        client = await aiohttp_client(create_app(config))
-        ctx = client.app[CONTEXT]
-        # The suite runs two test workers on two cores: loop lag caused by the neighbour must
-        # not make the app shed or refuse. Admission is tested by forcing levels
-        # (test_admission.py), the guard's logic by tests/unit/test_overload.py.
-        ctx.overload.thresholds = UNLOADED
-        return Chat(client, ctx)
+        return await serve(aiohttp_client, config)
 
     yield factory
 
@@ -199,6 +204,4 @@ async def redis_pair(tmp_path: Path, aiohttp_client: Any, redis_url: str) -> tup
     would: what is done on the first must reach connections on the second."""
     config = dataclasses.replace(make_config(tmp_path),
                                  broker=BrokerConfig(backend="redis", url=redis_url))
-    one = await aiohttp_client(create_app(config))
-    two = await aiohttp_client(create_app(config))
-    return Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])
+    return await serve(aiohttp_client, config), await serve(aiohttp_client, config)

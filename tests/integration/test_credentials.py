@@ -17,11 +17,16 @@ import orjson
 import pytest
 
 from chatserver import credentials
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
 from chatserver.config import BrokerConfig, StoreConfig
 from chatserver.tokens import hash_token
-from tests.integration.conftest import FRAME_TIMEOUT, Chat, ChatFactory, WsClient, make_config
+from tests.integration.conftest import (
+    FRAME_TIMEOUT,
+    Chat,
+    ChatFactory,
+    WsClient,
+    make_config,
+    serve,
+)
 from tests.integration.helpers import fast_user, login
 from tests.services.postgres import PostgresServer
 from tests.services.redis import RedisServer
@@ -189,9 +194,7 @@ async def pair_on_own_redis(tmp_path: Path, aiohttp_client: Any,
     """Two instances on one store and a Redis of this test alone, which it may stop."""
     config = dataclasses.replace(make_config(tmp_path),
                                  broker=BrokerConfig(backend="redis", url=own_redis.url))
-    one = await aiohttp_client(create_app(config))
-    two = await aiohttp_client(create_app(config))
-    yield Chat(one, one.app[CONTEXT]), Chat(two, two.app[CONTEXT])
+    yield await serve(aiohttp_client, config), await serve(aiohttp_client, config)
     if not own_redis.running:  # the brokers close promptly only with Redis there
         await asyncio.to_thread(own_redis.start)
 

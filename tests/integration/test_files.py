@@ -17,11 +17,9 @@ import pytest
 from PIL import Image
 
 from chatserver import uploads
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
 from chatserver.config import FilesConfig
 
-from .conftest import Chat, make_config
+from .conftest import Chat, make_config, serve
 
 LIMIT = 64 * 1024
 
@@ -30,8 +28,7 @@ LIMIT = 64 * 1024
 async def chat(tmp_path: Path, aiohttp_client: Any) -> Chat:
     config = dataclasses.replace(make_config(tmp_path, max_file_bytes=LIMIT),
                                  files=FilesConfig(dir=str(tmp_path / "files")))
-    client = await aiohttp_client(create_app(config))
-    return Chat(client, client.app[CONTEXT])
+    return await serve(aiohttp_client, config)
 
 
 def form(data: bytes, name: str = "notes.txt", text: str | None = None,

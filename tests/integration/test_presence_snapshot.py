@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 
 from chatserver import http_api
-from chatserver.app import create_app
-from chatserver.app_keys import CONTEXT
 from chatserver.config import BrokerConfig
-from tests.integration.conftest import Chat, make_config
+from tests.integration.conftest import Chat, make_config, serve
 from tests.integration.helpers import fast_user
 from tests.services.redis import RedisServer
 
@@ -131,8 +129,7 @@ async def redis_chat(tmp_path: Path, aiohttp_client: Any, own_redis: RedisServer
     """The app under test with the Redis broker instead of the memory one."""
     config = dataclasses.replace(make_config(tmp_path),
                                  broker=BrokerConfig(backend="redis", url=own_redis.url))
-    client = await aiohttp_client(create_app(config))
-    yield Chat(client, client.app[CONTEXT])
+    yield await serve(aiohttp_client, config)
 
 
 async def test_with_redis_lists_members_and_answers_503_while_it_is_down(
