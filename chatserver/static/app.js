@@ -537,13 +537,13 @@ function onMessageAction(event) {
       break;
     case "pick-reaction":
       view.closeReactionPicker();
-      conn.react(room.name, message.seq, button.dataset.emoji).catch(fail);
+      react(room, message, button.dataset.emoji, false).catch(fail);
       break;
     case "toggle-reaction": {
       const emoji = button.dataset.emoji;
       const mine = (message.reactions ?? []).some((r) => r.emoji === emoji
         && r.users.includes(state.me.name));
-      conn.react(room.name, message.seq, emoji, mine).catch(fail);
+      react(room, message, emoji, mine).catch(fail);
       break;
     }
     case "edit":
@@ -737,6 +737,20 @@ function flushAnnouncement() {
     : `${unannounced.length} new messages; the last, ${line}`);
   unannounced = [];
   announceTimer = setTimeout(flushAnnouncement, ANNOUNCE_EVERY_MS);
+}
+
+/**
+ * Add or remove our `emoji` on a message. History lists a reaction's first 20 users, so
+ * past them whether one is ours is unknown and its chip shows as not ours: an add that the
+ * server answers `changed: false` says it was, and the chip shows it from then on.
+ */
+async function react(room, message, emoji, remove) {
+  const ack = await conn.react(room.name, message.seq, emoji, remove);
+  if (remove || ack.changed !== false) return;
+  const changed = state.noteOwnReaction(room.name, message.seq, emoji);
+  if (!changed) return;
+  changedMessages.add(changed.message);
+  scheduleRender();
 }
 
 const FRAME_HANDLERS = {

@@ -18,16 +18,17 @@ export function mentions(message, name) {
 /**
  * Add or remove `user`'s `emoji` on a message. Idempotent per user, so an event that a
  * history page already folded in changes nothing. Past REACTION_USERS_LISTED users the list
- * is partial: a removal by someone not listed is taken as one of the unlisted.
+ * is partial: a removal by someone not listed is taken as one of the unlisted. `listAlways`:
+ * list the user even past that (the page's own user, so that its reactions stay known).
  */
-export function applyReaction(message, emoji, user, added) {
+export function applyReaction(message, emoji, user, added, { listAlways = false } = {}) {
   const list = message.reactions ?? [];
   let entry = list.find((reaction) => reaction.emoji === emoji);
   if (added) {
     if (entry?.users.includes(user)) return;
     if (!entry) list.push((entry = { emoji, count: 0, users: [] }));
     entry.count += 1;
-    if (entry.users.length < REACTION_USERS_LISTED) entry.users.push(user);
+    if (listAlways || entry.users.length < REACTION_USERS_LISTED) entry.users.push(user);
   } else {
     if (!entry) return;
     const at = entry.users.indexOf(user);
@@ -373,7 +374,8 @@ export class ChatState {
       message.text = message.html = "";
       for (const field of ["reactions", "file", "mentions", "mentions_room"]) delete message[field];
     } else if (frame.op === "reaction") {
-      applyReaction(message, frame.emoji, frame.user, frame.added);
+      applyReaction(message, frame.emoji, frame.user, frame.added,
+        { listAlways: frame.user === this.me.name });
     }
     return { room, message };
   }
@@ -387,6 +389,19 @@ export class ChatState {
     const message = room?.find(frame.target);
     if (!message || message.deleted || message.file?.id !== frame.file?.id) return null;
     message.file = frame.file;
+    return { room, message };
+  }
+
+  /**
+   * The server said `emoji` on message `seq` is already ours (an add that changed nothing):
+   * one of the users its history did not list. Listed from now on; null if nothing changed.
+   */
+  noteOwnReaction(roomName, seq, emoji) {
+    const room = this.rooms.get(roomName);
+    const message = room?.find(seq);
+    const entry = message?.reactions?.find((reaction) => reaction.emoji === emoji);
+    if (!entry || entry.users.includes(this.me.name)) return null;
+    entry.users.push(this.me.name);
     return { room, message };
   }
 

@@ -5,9 +5,11 @@ reload, and after a resume that missed them."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
+import uuid
 from typing import Any
 
 import aiohttp
@@ -319,6 +321,37 @@ async def test_reactions_count_live_and_toggle(browser: Any, chat_server: ChatSe
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_your_reaction_past_the_listed_users_shows_as_yours_after_a_click(
+        browser: Any, chat_server: ChatServer) -> None:
+    """History lists a reaction's first 20 users. alice reacted 21st: on her page the chip
+    first shows as not hers; a click (an add the server answers `changed: false`) shows it
+    as hers with the count unchanged, and the next click takes it back."""
+    room = room_name("crowd")
+    await chat_server.create_room("alice", room)
+    crowd = [f"crowd{uuid.uuid4().hex[:6]}{i}" for i in range(20)]
+    chat_server.tokens.update(await asyncio.to_thread(chat_server.daemon.add_users, *crowd))
+    seq = (await chat_server.say("alice", room, "pizza on friday?"))["seq"]
+    async with aiohttp.ClientSession() as session:
+        for user in [*crowd, "alice"]:  # alice last: not among the 20 listed
+            sock = await chat_server.socket(session, user)
+            await sock.request({"op": "react", "room": room, "seq": seq, "emoji": "🍕"})
+            await sock.close()
+    alice = await open_chat(browser, chat_server, "alice", room=room)
+    try:
+        chip = message(alice, seq).locator(".reactions button.reaction[data-emoji='🍕']")
+        await expect(chip).to_have_text("🍕 21")
+        await expect(chip).to_have_attribute("aria-pressed", "false")
+        await chip.click()
+        await expect(chip).to_have_attribute("aria-pressed", "true")
+        await expect(chip).to_have_text("🍕 21")
+        await chip.click()
+        await expect(chip).to_have_text("🍕 20")
+        await expect(chip).to_have_attribute("aria-pressed", "false")
+        alice.check_no_errors()
+    finally:
+        await alice.close()
 
 
 async def test_a_resume_applies_what_happened_while_offline(browser: Any,
