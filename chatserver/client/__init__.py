@@ -71,7 +71,6 @@ from .frames import (
     SearchPage,
     SearchResult,
 )
-from .iterators import _MessageIterator as _MessageIterator
 from .stream import STREAM_GIVE_UP_TIMEOUT, Stream
 from .urls import http_url, websocket_url
 

@@ -58,6 +58,3 @@ class EventIterator(_LogIterator):
 
     async def __anext__(self) -> Event:
         return cast(Event, await self._next())
-
-
-_MessageIterator = MessageIterator  # its name before `events()`
